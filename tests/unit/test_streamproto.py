@@ -1,0 +1,73 @@
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh import streamproto as sp
+from mesh.errors import ProtocolError
+
+
+@pytest.mark.parametrize("msg", [sp.Ok(), sp.Fin(), sp.Credit(1), sp.Credit(2**31),
+                                 sp.Reset("service refused the connection")])
+def test_round_trip(msg: sp.Control) -> None:
+    assert sp.parse(sp.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("text", ["", "[]", "{}", '{"t":"credit"}', '{"t":"credit","n":0}',
+                                  '{"t":"credit","n":-5}', '{"t":"credit","n":true}',
+                                  '{"t":"nope"}', "x" * 5000])
+def test_malformed(text: str) -> None:
+    with pytest.raises(ProtocolError):
+        sp.parse(text)
+
+
+@given(st.text(max_size=200))
+@settings(max_examples=500)
+def test_fuzz(text: str) -> None:
+    with contextlib.suppress(ProtocolError):
+        sp.parse(text)
+
+
+def test_flow_window_bounds_the_sender() -> None:
+    f = sp.Flow(window=100)
+    f.sent(100)
+    assert f.send_credit == 0
+    f.granted(40)
+    assert f.send_credit == 40
+
+
+def test_flow_receiver_detects_overrun_and_grants() -> None:
+    f = sp.Flow(window=100)
+    f.received(100)
+    with pytest.raises(ProtocolError):
+        f.received(1)
+    g = sp.Flow(window=100)
+    g.received(100)
+    assert g.consumed(10) == 0
+    assert g.consumed(20) == 30  # a quarter window consumed: grant it
+    g.received(30)
+    with pytest.raises(ProtocolError):
+        g.received(1)
+
+
+def test_flow_refuses_absurd_grants() -> None:
+    f = sp.Flow(window=100)
+    with pytest.raises(ProtocolError):
+        f.granted(1000)
+
+
+@given(st.lists(st.integers(1, 50), max_size=100))
+def test_flow_conserves_credit(chunks: list[int]) -> None:
+    """Sender and receiver agree: in-flight bytes never exceed the window."""
+    snd, rcv = sp.Flow(window=64), sp.Flow(window=64)
+    for n in chunks:
+        n = min(n, snd.send_credit)
+        if n == 0:
+            continue
+        snd.sent(n)
+        rcv.received(n)
+        grant = rcv.consumed(n)
+        if grant:
+            snd.granted(grant)
+        assert 0 <= snd.send_credit <= 64
