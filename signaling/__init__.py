@@ -1,0 +1,1 @@
+"""The mesh rendezvous server: WebSocket signaling (and later STUN/TURN)."""

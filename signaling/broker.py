@@ -1,0 +1,105 @@
+"""Presence and routing behind one small interface.
+
+A *broker* knows which node ids are attached to which live session and moves
+opaque payloads to them. The in-memory broker serves one process; a Redis
+broker (several instances) implements the same interface. Sessions attach with
+a *mailbox*: a non-blocking sink the broker drops payloads into.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Mailbox(Protocol):
+    def deliver(self, sender: str, payload: bytes) -> bool:
+        """Queue a payload for this session; False if the session cannot take it."""
+        ...
+
+    def replaced(self) -> None:
+        """Another session registered the same node; this one must end."""
+        ...
+
+
+class Broker(Protocol):
+    async def attach(self, node: str, mailbox: Mailbox) -> None:
+        """Make ``node`` reachable through ``mailbox`` too (several processes may share a
+        node key: two shares, or a share and a connect on one machine). Beyond
+        ``MAX_SESSIONS`` the oldest session is replaced."""
+        ...
+
+    async def detach(self, node: str, mailbox: Mailbox) -> None:
+        """Forget ``node`` if ``mailbox`` is still its current session."""
+        ...
+
+    async def route(self, sender: str, to: str, payload: bytes) -> str:
+        """Deliver a payload to every session of ``to``: "ok", "unknown-destination" or
+        "recipient-busy". Envelopes carry a session id, so each process keeps only its own."""
+        ...
+
+    async def online(self, node: str) -> bool: ...
+
+    async def allow(self, node: str, now: float) -> bool:
+        """Rate limit shared by every instance; False: the node sends too fast."""
+        ...
+
+    async def start(self) -> None: ...
+
+    def count(self) -> int:
+        """Nodes attached to this instance."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+MAX_SESSIONS = 8
+
+
+class MemoryBroker:
+    """All nodes in one process."""
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self._nodes: dict[str, list[Mailbox]] = {}
+        self._max = max_sessions
+
+    async def attach(self, node: str, mailbox: Mailbox) -> None:
+        boxes = self._nodes.setdefault(node, [])
+        if mailbox not in boxes:
+            boxes.append(mailbox)
+        while len(boxes) > self._max:
+            boxes.pop(0).replaced()
+
+    async def detach(self, node: str, mailbox: Mailbox) -> None:
+        boxes = self._nodes.get(node, [])
+        if mailbox in boxes:
+            boxes.remove(mailbox)
+        if not boxes:
+            self._nodes.pop(node, None)
+
+    async def route(self, sender: str, to: str, payload: bytes) -> str:
+        boxes = self._nodes.get(to)
+        if not boxes:
+            return "unknown-destination"
+        delivered = [box.deliver(sender, payload) for box in list(boxes)]
+        return "ok" if any(delivered) else "recipient-busy"
+
+    async def online(self, node: str) -> bool:
+        return node in self._nodes
+
+    async def allow(self, node: str, now: float) -> bool:
+        return True  # one instance: the per-connection token bucket is the limit
+
+    async def start(self) -> None:
+        pass
+
+    def has(self, node: str) -> bool:
+        return node in self._nodes
+
+    def nodes(self) -> list[str]:
+        return list(self._nodes)
+
+    def count(self) -> int:
+        return len(self._nodes)
+
+    async def close(self) -> None:
+        self._nodes.clear()

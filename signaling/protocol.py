@@ -1,0 +1,228 @@
+"""The signaling wire protocol: frames, their codec, and registration proofs.
+
+Transport: one WebSocket per node (``ws://host:port/``, or ``wss://``), text
+frames of UTF-8 JSON objects, at most 64 KiB each. Every frame has ``type``.
+
+Server -> client::
+
+    {"type": "hello", "version": 1, "nonce": B64(32 bytes)}
+    {"type": "registered", "node": NODE, "ice_servers": [ICE...], "instance": STR}
+    {"type": "deliver", "from": NODE, "payload": B64}
+    {"type": "error", "code": CODE, "message": TEXT, "ref": INT|null}
+    {"type": "pong"}
+
+Client -> server::
+
+    {"type": "register", "node": NODE, "sig": B64(64 bytes)}
+    {"type": "send", "to": NODE, "payload": B64, "ref": INT}
+    {"type": "ping"}
+
+A session starts with ``hello``. The client proves it holds the key of NODE by
+signing ``b"mesh-register-v1\\n" + nonce + NODE`` (Ed25519, detached); only
+then may it ``send``. The server stamps ``from`` itself, so a node cannot send
+as another. ``payload`` is opaque to the server (a sealed envelope, see
+mesh/envelope.py); it only routes it. ``ref`` ties an ``error`` to the ``send``
+that caused it. ICE entries are ``{"urls": [..], "username": .., "credential": ..}``.
+
+Error codes: ``bad-frame`` (malformed; the server closes), ``too-large``
+(closes), ``rate-limited``, ``not-registered``, ``bad-signature`` (closes),
+``unknown-destination``, ``replaced`` (another session registered the same
+node beyond the per-node session limit; closes), ``too-many-connections``
+(closes), ``shutting-down``. Several sessions may register one node id (two
+processes with one key); a ``send`` reaches all of them.
+
+Sans-I/O: parsing and building frames; no sockets here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.identity import NODE_ID_LEN, decode_node_id
+
+VERSION = 1
+MAX_FRAME = 64 * 1024
+REGISTER_CONTEXT = b"mesh-register-v1\n"
+CLOSE_CODES = {"bad-frame", "too-large", "bad-signature", "replaced", "too-many-connections"}
+
+
+class FrameError(Exception):
+    """A frame that breaks the protocol; ``code`` is what the error frame carries."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    node: str
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str
+    payload: bytes
+    ref: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    node: str
+    ice_servers: tuple[dict[str, Any], ...]
+    instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    sender: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    ref: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    pass
+
+
+ClientFrame = Register | Send | Ping
+ServerFrame = Hello | Registered | Deliver | Error | Pong
+
+
+def register_message(nonce: bytes, node: str) -> bytes:
+    return REGISTER_CONTEXT + nonce + node.encode("ascii")
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, what: str, limit: int) -> bytes:
+    if not isinstance(value, str) or len(value) > limit * 4 // 3 + 4:
+        raise FrameError("bad-frame", f"{what} must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FrameError("bad-frame", f"{what} is not valid base64") from exc
+
+
+def _node(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != NODE_ID_LEN:
+        raise FrameError("bad-frame", f"{what} is not a node id")
+    try:
+        decode_node_id(value)
+    except ValueError as exc:
+        raise FrameError("bad-frame", f"{what} is not a node id") from exc
+    return value
+
+
+def _load(text: str | bytes) -> dict[str, Any]:
+    if len(text) > MAX_FRAME:
+        raise FrameError("too-large", f"frame exceeds {MAX_FRAME} bytes")
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise FrameError("bad-frame", "frame is not JSON") from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise FrameError("bad-frame", "frame must be an object with a 'type'")
+    return obj
+
+
+def _ref(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**53:
+        raise FrameError("bad-frame", "ref must be a non-negative integer")
+    return value
+
+
+def parse_client_frame(text: str | bytes) -> ClientFrame:
+    obj = _load(text)
+    kind = obj["type"]
+    if kind == "register":
+        sig = _unb64(obj.get("sig"), "sig", 64)
+        if len(sig) != 64:
+            raise FrameError("bad-frame", "sig must be 64 bytes")
+        return Register(_node(obj.get("node"), "node"), sig)
+    if kind == "send":
+        return Send(
+            _node(obj.get("to"), "to"), _unb64(obj.get("payload"), "payload", MAX_FRAME),
+            _ref(obj.get("ref")),
+        )
+    if kind == "ping":
+        return Ping()
+    raise FrameError("bad-frame", f"unknown frame type {kind[:32]!r}")
+
+
+def parse_server_frame(text: str | bytes) -> ServerFrame:
+    obj = _load(text)
+    kind = obj["type"]
+    if kind == "hello":
+        nonce = _unb64(obj.get("nonce"), "nonce", 64)
+        version = obj.get("version")
+        if not isinstance(version, int) or len(nonce) < 16:
+            raise FrameError("bad-frame", "hello is malformed")
+        return Hello(version, nonce)
+    if kind == "registered":
+        ice = obj.get("ice_servers", [])
+        if not isinstance(ice, list) or not all(isinstance(x, dict) for x in ice):
+            raise FrameError("bad-frame", "ice_servers must be a list of objects")
+        inst = obj.get("instance", "")
+        return Registered(_node(obj.get("node"), "node"), tuple(ice), str(inst))
+    if kind == "deliver":
+        return Deliver(_node(obj.get("from"), "from"),
+                       _unb64(obj.get("payload"), "payload", MAX_FRAME))
+    if kind == "error":
+        code, message = obj.get("code"), obj.get("message", "")
+        if not isinstance(code, str) or not isinstance(message, str):
+            raise FrameError("bad-frame", "error frame is malformed")
+        return Error(code[:64], message[:512], _ref(obj.get("ref")))
+    if kind == "pong":
+        return Pong()
+    raise FrameError("bad-frame", f"unknown frame type {kind[:32]!r}")
+
+
+def encode(frame: ClientFrame | ServerFrame) -> str:
+    obj: dict[str, Any]
+    match frame:
+        case Register(node, sig):
+            obj = {"type": "register", "node": node, "sig": _b64(sig)}
+        case Send(to, payload, ref):
+            obj = {"type": "send", "to": to, "payload": _b64(payload), "ref": ref}
+        case Ping():
+            obj = {"type": "ping"}
+        case Hello(version, nonce):
+            obj = {"type": "hello", "version": version, "nonce": _b64(nonce)}
+        case Registered(node, ice, instance):
+            obj = {"type": "registered", "node": node, "ice_servers": list(ice),
+                   "instance": instance}
+        case Deliver(sender, payload):
+            obj = {"type": "deliver", "from": sender, "payload": _b64(payload)}
+        case Error(code, message, ref):
+            obj = {"type": "error", "code": code, "message": message, "ref": ref}
+        case Pong():
+            obj = {"type": "pong"}
+    return json.dumps(obj, separators=(",", ":"))

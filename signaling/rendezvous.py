@@ -1,0 +1,114 @@
+"""One `mesh signal` process: signaling plus the embedded STUN/TURN server.
+
+With ``turn_urls`` (``--turn``) the embedded relay stays off and nodes get
+credentials for the external TURN servers (e.g. coturn with
+``use-auth-secret``), computed with the same shared secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass, field, replace
+
+from .policy import RelayPolicy
+from .server import ServerConfig, SignalServer
+from .turn import TurnConfig
+from .turn_server import TurnServer
+
+
+@dataclass(frozen=True)
+class RendezvousConfig:
+    signal: ServerConfig
+    """The signaling part."""
+    stun_port: int | None = 3478
+    """UDP/TCP port of the embedded STUN/TURN server; None disables it; 0 picks one."""
+    public_ip: str | None = None
+    """Address advertised for STUN/TURN (default: the listen address)."""
+    turn_urls: tuple[str, ...] = ()
+    """External TURN URLs to hand out instead of the embedded relay."""
+    turn_secret: bytes | None = None
+    """Shared secret for TURN REST credentials (random if unset and embedded)."""
+    relay_allow: tuple[str, ...] = ()
+    """CIDR ranges the relay may reach although denied by default."""
+    max_allocations: int = 1000
+    max_allocations_per_user: int = 10
+    relay_bandwidth: int = 16 * 1024 * 1024
+    extra_stun: tuple[str, ...] = field(default=())
+    redis_url: str | None = None
+    """Share presence and routing with other instances through this Redis."""
+    presence_ttl: float = 15.0
+    """Seconds after which a silent instance's nodes vanish from presence."""
+
+
+def _url_host(host: str) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    except ValueError:
+        pass
+    return host
+
+
+class Rendezvous:
+    def __init__(self, config: RendezvousConfig) -> None:
+        self.config = config
+        self.turn: TurnServer | None = None
+        self.signal: SignalServer | None = None
+
+    async def start(self) -> str:
+        cfg = self.config
+        sig_cfg = cfg.signal
+        secret = cfg.turn_secret or secrets.token_bytes(32)
+        stun_urls: tuple[str, ...] = ()
+        turn_urls: tuple[str, ...] = ()
+        if cfg.turn_urls:
+            turn_urls = cfg.turn_urls
+            first = cfg.turn_urls[0].split(":", 1)[1].split("?", 1)[0]
+            stun_urls = (f"stun:{first}",)
+        elif cfg.stun_port is not None:
+            host = sig_cfg.host if sig_cfg.host not in ("0.0.0.0", "::") else "127.0.0.1"
+            public = cfg.public_ip or host
+            relay_host = sig_cfg.host if sig_cfg.host not in ("::",) else "0.0.0.0"
+            self.turn = TurnServer(
+                TurnConfig(secret=secret, relay_ip=public, max_allocations=cfg.max_allocations,
+                           max_allocations_per_user=cfg.max_allocations_per_user,
+                           bandwidth=cfg.relay_bandwidth),
+                RelayPolicy(cfg.relay_allow), sig_cfg.host, cfg.stun_port, relay_host)
+            await self.turn.start()
+            where = f"{_url_host(public)}:{self.turn.port}"
+            stun_urls = (f"stun:{where}",)
+            turn_urls = (f"turn:{where}?transport=udp", f"turn:{where}?transport=tcp")
+        sig_cfg = replace(sig_cfg, stun_urls=stun_urls + cfg.extra_stun, turn_urls=turn_urls,
+                          turn_secret=secret if turn_urls else None)
+        instance = secrets.token_hex(6)
+        broker = None
+        if cfg.redis_url:
+            from .redis_broker import RedisBroker
+
+            broker = RedisBroker(cfg.redis_url, instance, ttl=cfg.presence_ttl)
+        self.signal = SignalServer(sig_cfg, broker, instance=instance)
+        self.signal.extra_metrics = self._turn_metrics
+        try:
+            return await self.signal.start()
+        except BaseException:
+            if self.turn:
+                await self.turn.stop()
+            raise
+
+    def _turn_metrics(self) -> dict[str, float]:
+        if self.turn is None:
+            return {}
+        core = self.turn.core
+        return {
+            "mesh_turn_allocations": len(core.allocations),
+            "mesh_turn_allocations_total": core.stats["allocations_total"],
+            "mesh_turn_relayed_bytes_total": core.stats["bytes_relayed"],
+            "mesh_turn_rejections_total": core.stats["rejected"],
+        }
+
+    async def stop(self) -> None:
+        if self.signal:
+            await self.signal.stop()
+        if self.turn:
+            await self.turn.stop()

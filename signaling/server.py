@@ -1,0 +1,319 @@
+"""The signaling server: aiohttp glue around the protocol in ``protocol.py``.
+
+Routes: ``GET /`` upgrades to the signaling WebSocket; ``GET /healthz``
+answers ``{"ok": true, "nodes": N}``.
+
+Per connection: a hello with a fresh nonce, a registration deadline, a token
+bucket on incoming frames, a frame size cap, and a bounded outgoing queue
+drained by one writer task. Malformed input gets an error frame, and for the
+codes in ``protocol.CLOSE_CODES`` a close; nothing a client sends can stop the
+server serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from mesh.identity import verify
+
+from . import protocol as p
+from .broker import Broker, MemoryBroker
+from .limits import ConnectionCounter, TokenBucket
+from .turn import rest_credentials
+
+log = logging.getLogger("mesh.signal")
+
+Rewrite = Callable[[str, str, bytes], bytes]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8765
+    """Port to listen on; 0 picks a free one."""
+    max_frame: int = p.MAX_FRAME
+    """Largest frame accepted, in bytes."""
+    rate: float = 50.0
+    """Frames per second allowed per connection (sustained)."""
+    burst: float = 200.0
+    """Frames a connection may send in a burst."""
+    max_conns_per_ip: int = 64
+    """Concurrent WebSocket connections allowed from one client address."""
+    register_timeout: float = 10.0
+    """Seconds a new connection has to register."""
+    outbox: int = 256
+    """Frames queued for one slow client before further ones are refused."""
+    stun_urls: tuple[str, ...] = field(default=())
+    """STUN URLs handed to each registered node."""
+    turn_urls: tuple[str, ...] = field(default=())
+    """TURN URLs handed to each registered node, with fresh REST credentials."""
+    turn_secret: bytes | None = None
+    """Shared secret the TURN server(s) verify REST credentials with."""
+    turn_ttl: int = 24 * 3600
+    """Seconds the handed-out TURN credentials stay valid."""
+
+    def ice_servers(self, node: str, now: float) -> tuple[dict[str, Any], ...]:
+        servers: list[dict[str, Any]] = []
+        if self.stun_urls:
+            servers.append({"urls": list(self.stun_urls)})
+        if self.turn_urls and self.turn_secret is not None:
+            user, password = rest_credentials(self.turn_secret, node, now, self.turn_ttl)
+            servers.append({"urls": list(self.turn_urls), "username": user,
+                            "credential": password})
+        return tuple(servers)
+
+
+class _Session:
+    """One WebSocket connection; also the broker's mailbox for its node."""
+
+    def __init__(self, ws: web.WebSocketResponse, outbox: int) -> None:
+        self.ws = ws
+        self.node: str | None = None
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=outbox)
+        self.closing = False
+
+    def deliver(self, sender: str, payload: bytes) -> bool:
+        return self.push(p.encode(p.Deliver(sender, payload)))
+
+    def replaced(self) -> None:
+        self.push(p.encode(p.Error("replaced", "this node registered from elsewhere", None)))
+        self.close_soon()
+
+    def push(self, text: str) -> bool:
+        if self.closing:
+            return False
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def close_soon(self) -> None:
+        if not self.closing:
+            self.closing = True
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+
+    async def writer(self) -> None:
+        try:
+            while True:
+                text = await self.queue.get()
+                if text is None:
+                    break
+                await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.closing = True
+            await self.ws.close()
+
+
+class SignalServer:
+    """The rendezvous: registration and envelope routing."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        broker: Broker | None = None,
+        *,
+        _rewrite: Rewrite | None = None,
+        instance: str | None = None,
+    ) -> None:
+        self.config = config
+        self.broker: Broker = broker or MemoryBroker()
+        self.instance = instance or secrets.token_hex(4)
+        self._conns = ConnectionCounter(config.max_conns_per_ip)
+        self._rewrite = _rewrite
+        self._runner: web.AppRunner | None = None
+        self.stats: dict[str, int] = {"routed": 0, "rejected": 0, "registered": 0}
+        self.rejections: dict[str, int] = {}
+        self.extra_metrics: Callable[[], dict[str, float]] | None = None
+        self.port = config.port
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    async def start(self) -> str:
+        await self.broker.start()
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            from mesh.errors import AddressInUse, ConfigError
+
+            if exc.errno == 98:
+                raise AddressInUse(
+                    f"cannot listen on {self.config.host}:{self.config.port}: address in use"
+                ) from exc
+            raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: "
+                              f"{exc.strerror}") from exc
+        server = site._server
+        assert server is not None
+        sock: socket.socket = server.sockets[0]  # type: ignore[attr-defined]
+        self.port = sock.getsockname()[1]
+        return self.url
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"ws://{host}:{self.port}/"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.broker.close()
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "nodes": self.broker.count(),
+                                  "instance": self.instance})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition (version 0.0.4)."""
+        lines = [
+            "# HELP mesh_signal_nodes Nodes registered on this instance.",
+            "# TYPE mesh_signal_nodes gauge",
+            f"mesh_signal_nodes {self.broker.count()}",
+            "# HELP mesh_signal_connections Open WebSocket connections.",
+            "# TYPE mesh_signal_connections gauge",
+            f"mesh_signal_connections {self._conns.total()}",
+            "# HELP mesh_signal_registrations_total Successful registrations.",
+            "# TYPE mesh_signal_registrations_total counter",
+            f"mesh_signal_registrations_total {self.stats['registered']}",
+            "# HELP mesh_signal_messages_routed_total Envelopes routed.",
+            "# TYPE mesh_signal_messages_routed_total counter",
+            f"mesh_signal_messages_routed_total {self.stats['routed']}",
+            "# HELP mesh_signal_rejections_total Frames or connections refused, by reason.",
+            "# TYPE mesh_signal_rejections_total counter",
+        ]
+        for reason, count in sorted(self.rejections.items()):
+            lines.append(f'mesh_signal_rejections_total{{reason="{reason}"}} {count}')
+        for name, value in sorted((self.extra_metrics() if self.extra_metrics else {}).items()):
+            kind = "counter" if name.endswith("_total") else "gauge"
+            lines += [f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        return web.Response(text="\n".join(lines) + "\n",
+                            content_type="text/plain", charset="utf-8")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_frame * 2, heartbeat=30)
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=426, text="mesh signaling: connect with a WebSocket\n")
+        await ws.prepare(request)
+        addr = request.remote or "?"
+        if not self._conns.acquire(addr):
+            self.stats["rejected"] += 1
+            self.rejections["too-many-connections"] = (
+                self.rejections.get("too-many-connections", 0) + 1)
+            await ws.send_str(p.encode(p.Error("too-many-connections",
+                                               "too many connections from your address", None)))
+            await ws.close()
+            return ws
+        session = _Session(ws, self.config.outbox)
+        writer = asyncio.create_task(session.writer())
+        try:
+            await self._serve(session)
+        except Exception:  # a bug must cost one session, never the server
+            log.exception("signaling session failed")
+        finally:
+            self._conns.release(addr)
+            if session.node is not None:
+                await self.broker.detach(session.node, session)
+            session.close_soon()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(writer, 5)
+            writer.cancel()
+        return ws
+
+    def _reject(self, session: _Session, code: str, message: str, ref: int | None = None) -> None:
+        self.stats["rejected"] += 1
+        self.rejections[code] = self.rejections.get(code, 0) + 1
+        session.push(p.encode(p.Error(code, message, ref)))
+        if code in p.CLOSE_CODES:
+            session.close_soon()
+
+    async def _serve(self, session: _Session) -> None:
+        ws = session.ws
+        nonce = secrets.token_bytes(32)
+        session.push(p.encode(p.Hello(p.VERSION, nonce)))
+        bucket = TokenBucket(self.config.rate, self.config.burst)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.register_timeout
+        while not session.closing:
+            timeout = None if session.node else max(0.0, deadline - loop.time())
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                self._reject(session, "bad-frame", "register within "
+                             f"{self.config.register_timeout:g} s")
+                session.close_soon()
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            if msg.type == WSMsgType.ERROR:
+                self._reject(session, "too-large", "frame too large or broken")
+                return
+            if msg.type != WSMsgType.TEXT:
+                self._reject(session, "bad-frame", "frames must be JSON text")
+                continue
+            if not bucket.take(loop.time()):
+                self._reject(session, "rate-limited", "slow down: too many frames")
+                continue
+            try:
+                frame = p.parse_client_frame(msg.data)
+            except p.FrameError as exc:
+                self._reject(session, exc.code, exc.message)
+                continue
+            await self._dispatch(session, frame, nonce)
+
+    async def _dispatch(self, session: _Session, frame: p.ClientFrame, nonce: bytes) -> None:
+        match frame:
+            case p.Register(node, sig):
+                if session.node is not None:
+                    self._reject(session, "bad-frame", "already registered")
+                elif not verify(node, p.register_message(nonce, node), sig):
+                    self._reject(session, "bad-signature", "registration signature is invalid")
+                else:
+                    session.node = node
+                    await self.broker.attach(node, session)
+                    self.stats["registered"] += 1
+                    ice = self.config.ice_servers(node, time.time())
+                    session.push(p.encode(p.Registered(node, ice, self.instance)))
+            case p.Send(to, payload, ref):
+                if session.node is None:
+                    self._reject(session, "not-registered", "register first", ref)
+                    return
+                if not await self.broker.allow(session.node, time.time()):
+                    self._reject(session, "rate-limited", "slow down: too many frames "
+                                 "from this node", ref)
+                    return
+                if self._rewrite is not None:
+                    payload = self._rewrite(session.node, to, payload)
+                result = await self.broker.route(session.node, to, payload)
+                if result == "ok":
+                    self.stats["routed"] += 1
+                elif result == "unknown-destination":
+                    self._reject(session, result, f"node {to[:8]} is not connected", ref)
+                else:
+                    self._reject(session, result, f"node {to[:8]} is not keeping up", ref)
+            case p.Ping():
+                session.push(p.encode(p.Pong()))

@@ -1,0 +1,174 @@
+"""asyncio glue for the embedded STUN/TURN server (core: turn.py).
+
+Listens on UDP and TCP ``port`` (default 3478) and, for NAT mapping tests
+(``mesh netcheck``), answers STUN Binding on UDP ``port + 1`` too. Each
+allocation gets a UDP relay socket on ``relay_host``. One periodic timer
+expires allocations, permissions and channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import time
+from typing import Any, cast
+
+from . import stun
+from .policy import RelayPolicy
+from .turn import ClientKey, Output, Release, ToClient, ToPeer, TurnConfig, TurnCore
+
+log = logging.getLogger("mesh.turn")
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: TurnServer, name: str = "udp") -> None:
+        self.server = server
+        self.name = name
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.server.dispatch(self.server.core.from_client((self.name, (addr[0], addr[1])),
+                                                          data, time.time()))
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+class _Relay(asyncio.DatagramProtocol):
+    def __init__(self, server: TurnServer, port: int) -> None:
+        self.server = server
+        self.port = port
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.server.dispatch(self.server.core.from_peer(self.port, (addr[0], addr[1]), data,
+                                                        time.time()))
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+
+class TurnServer:
+    """STUN + TURN over UDP and TCP around one ``TurnCore``."""
+
+    def __init__(self, config: TurnConfig, policy: RelayPolicy, host: str, port: int,
+                 relay_host: str) -> None:
+        self.config = config
+        self.host, self.port, self.relay_host = host, port, relay_host
+        self.core = TurnCore(config, policy, self._bind_relay)
+        self._udp: _Udp | None = None
+        self._alt: _Udp | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tcp_clients: dict[str, asyncio.StreamWriter] = {}
+        self._relays: dict[int, asyncio.DatagramTransport] = {}
+        self._pending_relays: dict[int, socket.socket] = {}
+        self._ids = itertools.count(1)
+        self._timer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        _, self._udp = await loop.create_datagram_endpoint(
+            lambda: _Udp(self), local_addr=(self.host, self.port))
+        assert self._udp.transport is not None
+        self.port = self._udp.transport.get_extra_info("sockname")[1]
+        with contextlib.suppress(OSError):
+            _, self._alt = await loop.create_datagram_endpoint(
+                lambda: _Udp(self, "udp-alt"), local_addr=(self.host, self.port + 1))
+        self._tcp = await asyncio.start_server(self._on_tcp, self.host, self.port)
+        self._timer = asyncio.create_task(self._tick())
+
+    async def stop(self) -> None:
+        if self._timer:
+            self._timer.cancel()
+        for proto in (self._udp, self._alt):
+            if proto and proto.transport:
+                proto.transport.close()
+        if self._tcp:
+            self._tcp.close()
+        for w in list(self._tcp_clients.values()):
+            w.close()
+        for t in self._relays.values():
+            t.close()
+        self._relays.clear()
+
+    @property
+    def alt_port(self) -> int | None:
+        return self.port + 1 if self._alt else None
+
+    def _bind_relay(self) -> int | None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((self.relay_host, 0))
+        except OSError:
+            sock.close()
+            return None
+        sock.setblocking(False)
+        port = int(sock.getsockname()[1])
+        self._pending_relays[port] = sock
+        asyncio.get_running_loop().create_task(self._open_relay(port, sock))
+        return port
+
+    async def _open_relay(self, port: int, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Relay(self, port), sock=sock)
+        self._pending_relays.pop(port, None)
+        self._relays[port] = transport
+
+    def dispatch(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            if isinstance(out, ToClient):
+                transport, addr = out.client
+                if transport in ("udp", "udp-alt"):
+                    proto = self._udp if transport == "udp" else self._alt
+                    if proto and proto.transport:
+                        proto.transport.sendto(out.data, addr)
+                else:
+                    writer = self._tcp_clients.get(transport)
+                    if writer is not None and not writer.is_closing():
+                        writer.write(out.data)
+            elif isinstance(out, ToPeer):
+                relay = self._relays.get(out.relay_port)
+                if relay is not None:
+                    relay.sendto(out.data, out.peer)
+                elif out.relay_port in self._pending_relays:  # endpoint still opening
+                    with contextlib.suppress(OSError):
+                        self._pending_relays[out.relay_port].sendto(out.data, out.peer)
+            elif isinstance(out, Release):
+                relay = self._relays.pop(out.relay_port, None)
+                if relay is not None:
+                    relay.close()
+                pending = self._pending_relays.pop(out.relay_port, None)
+                if pending is not None:
+                    pending.close()
+
+    async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        name = f"tcp:{next(self._ids)}"
+        peer = writer.get_extra_info("peername")
+        client: ClientKey = (name, (peer[0], peer[1]))
+        self._tcp_clients[name] = writer
+        framer = stun.StreamFramer()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for frame in framer.feed(data):
+                    self.dispatch(self.core.from_client(client, frame, time.time()))
+                if writer.transport.get_write_buffer_size() > 1 << 20:
+                    await writer.drain()
+        except (stun.StunError, ConnectionError, OSError):
+            pass
+        finally:
+            self._tcp_clients.pop(name, None)
+            self.dispatch(self.core.client_gone(client))
+            writer.close()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.dispatch(self.core.expire(time.time()))
