@@ -1,0 +1,182 @@
+"""Events the Python API reports and the CLI prints.
+
+Each event is a frozen dataclass with ``event`` (its name in ``--json``
+output: a public contract scripts depend on; extend, never rename) and
+``human()`` (the line shown without ``--json``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Event:
+    event: ClassVar[str] = "event"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.event, **asdict(self)}
+
+    def human(self) -> str:
+        return self.event
+
+
+@dataclass(frozen=True)
+class Ready(Event):
+    """A share is registered and can be connected to."""
+
+    event: ClassVar[str] = "ready"
+    ticket: str
+    node_id: str
+    name: str
+    target: str
+    signal_url: str
+
+    def human(self) -> str:
+        return (f"sharing {self.target} as {self.name or 'share'!r} (node {self.node_id[:8]})\n"
+                f"connect from another machine with:\n\n  mesh connect {self.ticket}\n")
+
+
+@dataclass(frozen=True)
+class SignalReady(Event):
+    """The signaling server is serving."""
+
+    event: ClassVar[str] = "ready"
+    url: str
+    stun: list[str] = field(default_factory=list)
+    turn: list[str] = field(default_factory=list)
+
+    def human(self) -> str:
+        extra = f" (STUN {', '.join(self.stun)}; TURN {', '.join(self.turn)})" if self.stun else ""
+        return f"mesh signaling server listening on {self.url}{extra}"
+
+
+@dataclass(frozen=True)
+class Listening(Event):
+    event: ClassVar[str] = "listening"
+    host: str
+    port: int
+
+    def human(self) -> str:
+        return f"listening on {self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Connected(Event):
+    """A peer connection is up and admitted (either side)."""
+
+    event: ClassVar[str] = "connected"
+    peer: str
+    path: str
+    local_candidate: str
+    remote_candidate: str
+    remote_addr: str
+    rtt_ms: float | None
+    connect_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        data.update(data.pop("extra"))
+        return data
+
+    def human(self) -> str:
+        rtt = f", rtt {self.rtt_ms:.1f} ms" if self.rtt_ms is not None else ""
+        return (f"connected to {self.peer[:8]} via {self.path} "
+                f"({self.local_candidate} -> {self.remote_candidate} {self.remote_addr}{rtt}, "
+                f"set up in {self.connect_ms:.0f} ms)")
+
+
+@dataclass(frozen=True)
+class Disconnected(Event):
+    event: ClassVar[str] = "disconnected"
+    peer: str
+    reason: str
+
+    def human(self) -> str:
+        return f"peer {self.peer[:8]} disconnected: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Rejected(Event):
+    """The sharer refused a peer (wrong secret, not allowed, too many peers)."""
+
+    event: ClassVar[str] = "rejected"
+    peer: str
+    reason: str
+
+    def human(self) -> str:
+        return f"refused peer {self.peer[:8]}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Signal(Event):
+    """The signaling session changed state (registered, disconnected)."""
+
+    event: ClassVar[str] = "signal"
+    state: str
+    url: str
+
+    def human(self) -> str:
+        return f"signaling server {self.url}: {self.state}"
+
+
+@dataclass(frozen=True)
+class Warning(Event):
+    event: ClassVar[str] = "warning"
+    message: str
+
+    def human(self) -> str:
+        return f"warning: {self.message}"
+
+
+@dataclass(frozen=True)
+class ErrorEvent(Event):
+    event: ClassVar[str] = "error"
+    message: str
+
+    def human(self) -> str:
+        return f"mesh: error: {self.message}"
+
+
+@dataclass(frozen=True)
+class NetcheckEvent(Event):
+    event: ClassVar[str] = "netcheck"
+    signal_url: str
+    signal_rtt_ms: float | None
+    stun_server: str | None
+    udp: bool
+    public_addr: str | None
+    mapping: str
+    stun_rtt_ms: float | None
+    turn_udp: bool | None
+    turn_tcp: bool | None
+    notes: list[str]
+
+    def human(self) -> str:
+        def yn(v: bool | None) -> str:
+            return "n/a" if v is None else "yes" if v else "NO"
+
+        nat = {"endpoint-independent": "endpoint-independent mapping (cone NAT or none): "
+                                       "direct connections likely",
+               "endpoint-dependent": "endpoint-dependent mapping (symmetric NAT): "
+                                     "expect the relay"}.get(self.mapping, "unknown")
+        lines = [
+            f"signaling      {self.signal_url}  rtt {self.signal_rtt_ms} ms",
+            f"UDP            {yn(self.udp)}" + (f" (STUN {self.stun_server}, rtt "
+                                               f"{self.stun_rtt_ms} ms)" if self.udp else ""),
+            f"public address {self.public_addr or '-'}",
+            f"NAT            {nat}",
+            f"TURN over UDP  {yn(self.turn_udp)}",
+            f"TURN over TCP  {yn(self.turn_tcp)}",
+        ]
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+OnEvent = Callable[[Event], None]
+
+
+def ignore(_: Event) -> None:
+    pass

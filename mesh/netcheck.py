@@ -1,0 +1,227 @@
+"""`mesh netcheck`: what this network lets a peer do.
+
+Measures, against the signaling server and the STUN/TURN server it hands out:
+the public address and port (STUN Binding), whether the NAT maps
+endpoint-independently (the same local socket asks the server's two ports,
+``port`` and ``port + 1``; equal mapped addresses mean a cone NAT, different
+ones a symmetric NAT), UDP reachability, TURN reachability over UDP and TCP
+(a real Allocate with the handed-out credentials, then released), and the
+round trip to the signaling server and to STUN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc.rtcicetransport import parse_stun_turn_uri
+
+from signaling import stun
+
+from .errors import MeshError
+from .identity import Identity
+from .signal_client import SignalClient
+
+
+@dataclass(frozen=True)
+class NetReport:
+    signal_url: str
+    signal_rtt_ms: float | None
+    stun_server: str | None = None
+    udp: bool = False
+    public_addr: str | None = None
+    mapping: str = "unknown"
+    """``endpoint-independent`` (cone), ``endpoint-dependent`` (symmetric) or ``unknown``."""
+    stun_rtt_ms: float | None = None
+    turn_udp: bool | None = None
+    turn_tcp: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.waiting: dict[bytes, asyncio.Future[bytes]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        fut = self.waiting.get(data[8:20])
+        if fut is not None and not fut.done():
+            fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        pass
+
+    async def ask(self, raw: bytes, txid: bytes, addr: tuple[str, int],
+                  timeout: float = 1.5) -> stun.Message | None:
+        assert self.transport is not None
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.waiting[txid] = fut
+        try:
+            for wait in (0.3, 0.5, timeout - 0.8):
+                self.transport.sendto(raw, addr)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    data = await asyncio.wait_for(asyncio.shield(fut), wait)
+                    return stun.parse(data)
+            return None
+        except stun.StunError:
+            return None
+        finally:
+            self.waiting.pop(txid, None)
+
+
+def _mapped(msg: stun.Message | None) -> tuple[str, int] | None:
+    if msg is None or msg.cls != stun.SUCCESS:
+        return None
+    value = msg.get(stun.XOR_MAPPED_ADDRESS)
+    try:
+        return stun.parse_xor_address(value, msg.txid) if value else None
+    except stun.StunError:
+        return None
+
+
+async def _binding(udp: _Udp, addr: tuple[str, int]) -> tuple[tuple[str, int] | None, float]:
+    txid = secrets.token_bytes(12)
+    t0 = time.monotonic()
+    reply = await udp.ask(stun.Message(stun.BINDING, stun.REQUEST, txid).encode(fingerprint=True),
+                          txid, addr)
+    return _mapped(reply), (time.monotonic() - t0) * 1000
+
+
+class _TurnProbe:
+    """Allocate then release, over one transport; True if the server granted it."""
+
+    def __init__(self, user: str, password: str) -> None:
+        self.user, self.password = user, password
+
+    def request(self, attrs: tuple[tuple[int, bytes], ...], method: int, nonce: bytes | None,
+                realm: bytes | None) -> tuple[bytes, bytes]:
+        txid = secrets.token_bytes(12)
+        msg = stun.Message(method, stun.REQUEST, txid, attrs)
+        key = None
+        if nonce is not None and realm is not None:
+            msg = msg.with_attrs((stun.USERNAME, self.user.encode()), (stun.REALM, realm),
+                                 (stun.NONCE, nonce))
+            key = stun.long_term_key(self.user, realm.decode(), self.password)
+        return msg.encode(key=key, fingerprint=True), txid
+
+    async def run(self, send: Any) -> bool:
+        transport = ((stun.REQUESTED_TRANSPORT, b"\x11\x00\x00\x00"),)
+        raw, txid = self.request(transport, stun.ALLOCATE, None, None)
+        first = await send(raw, txid)
+        if first is None or first.cls != stun.ERROR:
+            return False
+        nonce, realm = first.get(stun.NONCE), first.get(stun.REALM)
+        if nonce is None or realm is None:
+            return False
+        raw, txid = self.request(transport, stun.ALLOCATE, nonce, realm)
+        ok = await send(raw, txid)
+        if ok is None or ok.cls != stun.SUCCESS:
+            return False
+        raw, txid = self.request(((stun.LIFETIME, stun.u32(0)),), stun.REFRESH, nonce, realm)
+        await send(raw, txid)
+        return True
+
+
+async def _turn_tcp(probe: _TurnProbe, addr: tuple[str, int]) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), 3)
+    except (TimeoutError, OSError):
+        return False
+    framer = stun.StreamFramer()
+
+    async def send(raw: bytes, txid: bytes) -> stun.Message | None:
+        writer.write(raw)
+        try:
+            async with asyncio.timeout(3):
+                while True:
+                    data = await reader.read(4096)
+                    if not data:
+                        return None
+                    for frame in framer.feed(data):
+                        msg = stun.parse(frame)
+                        if msg.txid == txid:
+                            return msg
+        except (TimeoutError, stun.StunError, OSError):
+            return None
+
+    try:
+        return await probe.run(send)
+    finally:
+        writer.close()
+
+
+async def netcheck(identity: Identity, urls: list[str]) -> NetReport:
+    """Run every check; raises SignalingError only if no signaling server answers."""
+    client = SignalClient(identity, urls, lambda sender, payload: None)
+    await client.start()
+    try:
+        rtt = await client.ping()
+        servers = client.ice_servers
+        url = client.url
+    finally:
+        await client.close()
+    stun_addr: tuple[str, int] | None = None
+    turn: dict[str, tuple[tuple[str, int], str, str]] = {}
+    for entry in servers:
+        raw_urls = entry.get("urls")
+        for u in [raw_urls] if isinstance(raw_urls, str) else raw_urls or []:
+            try:
+                parsed = parse_stun_turn_uri(u)
+            except (ValueError, TypeError):
+                continue
+            addr = (str(parsed["host"]).strip("[]"), int(parsed["port"]))
+            if parsed["scheme"] == "stun" and stun_addr is None:
+                stun_addr = addr
+            elif parsed["scheme"] == "turn":
+                turn[str(parsed["transport"])] = (addr, str(entry.get("username")),
+                                                   str(entry.get("credential")))
+    report: dict[str, Any] = {"signal_url": url, "signal_rtt_ms": rtt, "notes": []}
+    if stun_addr is None:
+        report["notes"].append("the signaling server hands out no STUN server")
+        return NetReport(**report)
+    report["stun_server"] = f"{stun_addr[0]}:{stun_addr[1]}"
+    loop = asyncio.get_running_loop()
+    transport, udp = await loop.create_datagram_endpoint(_Udp, local_addr=("0.0.0.0", 0))
+    try:
+        first, stun_rtt = await _binding(udp, stun_addr)
+        report["udp"] = first is not None
+        if first is not None:
+            report["public_addr"] = f"{first[0]}:{first[1]}"
+            report["stun_rtt_ms"] = round(stun_rtt, 2)
+            second, _ = await _binding(udp, (stun_addr[0], stun_addr[1] + 1))
+            if second is None:
+                report["notes"].append("the STUN server answers on one port only; "
+                                       "NAT mapping not determined")
+            else:
+                report["mapping"] = ("endpoint-independent" if second == first
+                                     else "endpoint-dependent")
+        else:
+            report["notes"].append("no STUN answer over UDP: UDP is blocked; "
+                                   "peers will relay over TCP")
+        if "udp" in turn and first is not None:
+            addr, user, password = turn["udp"]
+
+            async def send_udp(raw: bytes, txid: bytes) -> stun.Message | None:
+                return await udp.ask(raw, txid, addr)
+
+            report["turn_udp"] = await _TurnProbe(user, password).run(send_udp)
+        elif "udp" in turn:
+            report["turn_udp"] = False
+    finally:
+        transport.close()
+    if "tcp" in turn:
+        addr, user, password = turn["tcp"]
+        report["turn_tcp"] = await _turn_tcp(_TurnProbe(user, password), addr)
+    if not turn:
+        report["notes"].append("the signaling server hands out no TURN relay")
+    return NetReport(**report)
+
+
+__all__ = ["MeshError", "NetReport", "netcheck"]
