@@ -1,0 +1,101 @@
+"""Several signaling instances on a real Redis (Debian redis-server, started per test)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from mesh.identity import load_or_create
+from tests.conftest import EchoServer, Mesh, free_port, require_tool
+from tests.integration.test_recovery import wait_state
+from tests.integration.test_tunnel import echo_roundtrip
+
+
+@pytest.fixture
+def redis_url(tmp_path: object) -> Iterator[str]:
+    server = require_tool("redis-server", "redis-server")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--protected-mode", "yes"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(5)
+
+
+def instance(mesh: Mesh, redis_url: str, port: int = 0) -> tuple[object, str]:
+    return mesh.signal("--redis", redis_url, "--presence-ttl", "3",
+                       *(["--port", str(port)] if port else []))
+
+
+def test_peers_on_different_instances_connect(mesh: Mesh, echo: EchoServer,
+                                               redis_url: str) -> None:
+    _, url_a = instance(mesh, redis_url)
+    _, url_b = instance(mesh, redis_url)
+    _, ticket = mesh.share(echo.port, url_a)  # registered on A
+    _, local = mesh.connect(ticket, "--signal", url_b)  # registers on B
+    assert echo_roundtrip(local, 2 * 1024 * 1024, 1)
+
+
+def test_instance_killed_peers_reachable_through_the_other(mesh: Mesh, echo: EchoServer,
+                                                           redis_url: str) -> None:
+    sig_a, url_a = instance(mesh, redis_url)
+    _, url_b = instance(mesh, redis_url)
+    share = mesh.start("share", str(echo.port), "--signal", url_a, "--signal", url_b,
+                       "--json", home="sharer")
+    ticket = share.event("ready")["ticket"]
+    wait_state(share, "registered", 10)
+    node = load_or_create(mesh.tmp / "sharer").node_id
+    r = redis.Redis.from_url(redis_url)
+    assert r.zcard(f"mesh:node:{node}") == 1
+    sig_a.stop()  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    back = wait_state(share, "registered", 10)
+    assert back["url"] == url_b
+    assert time.monotonic() - t0 < 5, "reachable again within 5 s"
+    _, local = mesh.connect(ticket)  # the ticket lists both URLs; A is dead
+    assert echo_roundtrip(local, 500_000, 2)
+    # presence: only B holds the node now, the dead instance's entry is gone
+    instances = {m.decode() for m in r.zrange(f"mesh:node:{node}", 0, -1)}
+    assert len(instances) == 1
+
+
+def test_dead_instance_presence_expires(mesh: Mesh, redis_url: str) -> None:
+    sig, url = instance(mesh, redis_url)
+    res = mesh.run("netcheck", "--signal", url, "--json", home="probe")
+    assert res.returncode == 0
+    share = mesh.start("share", "9", "--signal", url, "--json", home="gone")
+    share.event("ready")
+    node = load_or_create(mesh.tmp / "gone").node_id
+    r = redis.Redis.from_url(redis_url)
+    assert r.exists(f"mesh:node:{node}")
+    sig.p.kill()  # type: ignore[attr-defined]  # no goodbye: presence must expire by itself
+    share.stop()
+    deadline = time.monotonic() + 10
+    while r.zcount(f"mesh:node:{node}", time.time(), "+inf") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert r.zcount(f"mesh:node:{node}", time.time(), "+inf") == 0
+    deadline = time.monotonic() + 10
+    while r.exists(f"mesh:node:{node}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not r.exists(f"mesh:node:{node}")  # the key itself is gone after 2 x ttl + 1
+
+
+def test_bad_redis_url_is_a_clear_error(mesh: Mesh) -> None:
+    port = free_port()
+    res = mesh.run("signal", "--port", "0", "--stun-port", "0", "--redis",
+                   f"redis://127.0.0.1:{port}/0", "--json")
+    assert res.returncode == 2 and "cannot reach Redis" in res.stdout
+    assert "Traceback" not in res.stderr

@@ -1,0 +1,199 @@
+"""The signaling server facing hostile clients: error frames, closes, and it keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mesh.identity import Identity
+from signaling import protocol as p
+from tests.conftest import Mesh, Proc
+
+Client = aiohttp.ClientWebSocketResponse
+
+
+@pytest.fixture
+async def server(mesh: Mesh) -> AsyncIterator[tuple[Proc, str]]:
+    proc = mesh.start("signal", "--port", "0", "--stun-port", "0", "--json",
+                      "--max-conns-per-ip", "20",
+                      "--rate", "20")
+    yield proc, str(proc.event("ready")["url"])
+
+
+async def recv(ws: Client, timeout: float = 5) -> dict[str, Any]:
+    msg = await ws.receive(timeout=timeout)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return dict(json.loads(msg.data))
+
+
+async def closed(ws: Client, timeout: float = 5) -> bool:
+    msg = await ws.receive(timeout=timeout)
+    return msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                        aiohttp.WSMsgType.CLOSING)
+
+
+async def register(http: aiohttp.ClientSession, url: str,
+                   ident: Identity | None = None) -> tuple[Client, Identity]:
+    ident = ident or Identity.generate()
+    ws = await http.ws_connect(url)
+    hello = await recv(ws)
+    nonce = base64.b64decode(hello["nonce"])
+    sig = ident.sign(p.register_message(nonce, ident.node_id))
+    await ws.send_str(p.encode(p.Register(ident.node_id, sig)))
+    assert (await recv(ws))["type"] == "registered"
+    return ws, ident
+
+
+async def still_serves(http: aiohttp.ClientSession, url: str) -> None:
+    a, ia = await register(http, url)
+    b, ib = await register(http, url)
+    await a.send_str(p.encode(p.Send(ib.node_id, b"hi", 1)))
+    got = await recv(b)
+    assert got["type"] == "deliver" and got["from"] == ia.node_id
+    assert base64.b64decode(got["payload"]) == b"hi"
+    await a.close()
+    await b.close()
+
+
+Attack = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
+
+
+async def test_routing_and_unknown_destination(server: tuple[Proc, str]) -> None:
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        await still_serves(http, url)
+        a, _ = await register(http, url)
+        await a.send_str(p.encode(p.Send(Identity.generate().node_id, b"x", 42)))
+        err = await recv(a)
+        assert (err["type"], err["code"], err["ref"]) == ("error", "unknown-destination", 42)
+
+
+@pytest.mark.parametrize("frame,code", [
+    ("not json", "bad-frame"),
+    ('{"type": "register", "node": "x", "sig": "AA=="}', "bad-frame"),
+    ("{" * 5000, "bad-frame"),
+    ("x" * (70 * 1024), "too-large"),
+])
+async def test_malformed_frames_get_error_and_close(server: tuple[Proc, str], frame: str,
+                                                    code: str) -> None:
+    proc, url = server
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        await recv(ws)  # hello
+        await ws.send_str(frame)
+        err = await recv(ws)
+        assert (err["type"], err["code"]) == ("error", code)
+        assert await closed(ws)
+        await still_serves(http, url)
+    assert proc.p.poll() is None
+
+
+async def test_binary_and_oversized_binary(server: tuple[Proc, str]) -> None:
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        await recv(ws)
+        await ws.send_bytes(b"\x00" * 100)
+        assert (await recv(ws))["code"] == "bad-frame"
+        ws2 = await http.ws_connect(url)
+        await recv(ws2)
+        await ws2.send_bytes(b"\x00" * (1 << 20))  # beyond even the hard cap
+        msg = await ws2.receive(timeout=5)
+        assert msg.type != aiohttp.WSMsgType.TEXT or json.loads(msg.data)["type"] == "error"
+        await still_serves(http, url)
+
+
+async def test_cannot_register_someone_elses_id(server: tuple[Proc, str]) -> None:
+    _, url = server
+    victim, attacker = Identity.generate(), Identity.generate()
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        hello = await recv(ws)
+        nonce = base64.b64decode(hello["nonce"])
+        sig = attacker.sign(p.register_message(nonce, victim.node_id))
+        await ws.send_str(p.encode(p.Register(victim.node_id, sig)))
+        assert (await recv(ws))["code"] == "bad-signature"
+        assert await closed(ws)
+
+
+async def test_replayed_registration_is_refused(server: tuple[Proc, str]) -> None:
+    _, url = server
+    ident = Identity.generate()
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        hello = await recv(ws)
+        frame = p.encode(p.Register(ident.node_id, ident.sign(
+            p.register_message(base64.b64decode(hello["nonce"]), ident.node_id))))
+        await ws.send_str(frame)
+        assert (await recv(ws))["type"] == "registered"
+        ws2 = await http.ws_connect(url)  # an eavesdropper replays the same frame
+        await recv(ws2)
+        await ws2.send_str(frame)
+        assert (await recv(ws2))["code"] == "bad-signature"
+
+
+async def test_send_before_register(server: tuple[Proc, str]) -> None:
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(url)
+        await recv(ws)
+        await ws.send_str(p.encode(p.Send(Identity.generate().node_id, b"x", 1)))
+        assert (await recv(ws))["code"] == "not-registered"
+
+
+async def test_rate_limit(server: tuple[Proc, str]) -> None:
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        a, _ = await register(http, url)
+        for _ in range(400):
+            await a.send_str(p.encode(p.Ping()))
+        codes = []
+        for _ in range(400):
+            codes.append((await recv(a))["type"])
+        assert "error" in codes and "pong" in codes
+        await still_serves(http, url)
+
+
+async def test_connections_per_ip(server: tuple[Proc, str]) -> None:
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        conns = [await http.ws_connect(url) for _ in range(20)]
+        extra = await http.ws_connect(url)
+        err = await recv(extra)
+        assert err["code"] == "too-many-connections"
+        for ws in conns:
+            await ws.close()
+        await asyncio.sleep(0.3)
+        await still_serves(http, url)
+
+
+async def test_plain_http_and_health(server: tuple[Proc, str]) -> None:
+    _, url = server
+    base = url.replace("ws://", "http://")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base) as resp:
+            assert resp.status == 426
+        async with http.get(base + "healthz") as resp:
+            assert (await resp.json())["ok"] is True
+
+
+async def test_one_node_several_sessions_and_the_oldest_replaced(
+        server: tuple[Proc, str]) -> None:
+    _, url = server
+    async with aiohttp.ClientSession() as http:
+        first, ident = await register(http, url)
+        others = [(await register(http, url, ident))[0] for _ in range(7)]
+        b, _ = await register(http, url)
+        await b.send_str(p.encode(p.Send(ident.node_id, b"to-all", 1)))
+        for ws in [first, *others]:  # every process with that key gets it
+            assert base64.b64decode((await recv(ws))["payload"]) == b"to-all"
+        ninth, _ = await register(http, url, ident)  # beyond 8: the oldest is replaced
+        assert (await recv(first))["code"] == "replaced"
+        await b.send_str(p.encode(p.Send(ident.node_id, b"again", 2)))
+        assert base64.b64decode((await recv(ninth))["payload"]) == b"again"
