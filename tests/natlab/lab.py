@@ -1,0 +1,210 @@
+"""A NAT lab in Linux network namespaces (needs root, iproute2 and iptables).
+
+Topology for one pair of sides (each side ``a``/``b`` with its own NAT type)::
+
+    [h_a 10.1.0.2] --- [r_a 10.1.0.1 | 198.18.1.1] ---+
+                                                       +--- br (wan, 198.18.0.1/15: mesh signal)
+    [h_b 10.2.0.2] --- [r_b 10.2.0.1 | 198.18.2.1] ---+
+
+A side of type ``none`` puts its host straight on the wan bridge (198.18.N.2).
+NAT types (iptables on the router, DESIGN.md):
+
+- ``full-cone``: SNAT to the router's address plus DNAT of all inbound UDP to the host;
+- ``port-restricted``: ``MASQUERADE``;
+- ``symmetric``: ``MASQUERADE --random-fully`` (a new port per destination);
+- ``udp-blocked``: ``MASQUERADE``, and forwarding allows only TCP to the server.
+
+Every router also drops new inbound connections addressed to itself (the
+default of any home router).
+
+Every name carries a per-lab tag, so labs never collide and a crashed run
+leaves nothing that the next one trips over; ``close()`` deletes it all.
+Traffic stays inside these namespaces: 198.18.0.0/15 and 10.x only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+NAT_TYPES = ("none", "full-cone", "port-restricted", "symmetric", "udp-blocked")
+SERVER_IP = "198.18.0.1"
+
+
+def available() -> str | None:
+    """None if the lab can run here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "the NAT lab needs root (network namespaces and iptables)"
+    for tool in ("ip", "iptables"):
+        if shutil.which(tool) is None:
+            return f"the NAT lab needs {tool} (apt-get install iproute2 iptables)"
+    return None
+
+
+def sh(*cmd: str) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {res.stderr.strip()}")
+
+
+@dataclass
+class Side:
+    index: int
+    nat: str
+    host_ns: str
+    router_ns: str | None
+    host_ip: str
+
+
+@dataclass
+class Lab:
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+    namespaces: list[str] = field(default_factory=list)
+    sides: dict[str, Side] = field(default_factory=dict)
+
+    @property
+    def wan(self) -> str:
+        return f"ml{self.tag}w"
+
+    def ns(self, name: str) -> str:
+        full = f"ml{self.tag}{name}"
+        sh("ip", "netns", "add", full)
+        self.namespaces.append(full)
+        sh("ip", "-n", full, "link", "set", "lo", "up")
+        return full
+
+    def build(self, nat_a: str, nat_b: str) -> Lab:
+        wan = self.ns("w")
+        sh("ip", "-n", wan, "link", "add", "wanbr", "type", "bridge")
+        sh("ip", "-n", wan, "addr", "add", f"{SERVER_IP}/15", "dev", "wanbr")
+        sh("ip", "-n", wan, "link", "set", "wanbr", "up")
+        for index, (label, nat) in enumerate((("a", nat_a), ("b", nat_b)), start=1):
+            self.sides[label] = self._side(index, label, nat)
+        return self
+
+    def _veth(self, ns1: str, if1: str, ns2: str, if2: str) -> None:
+        tmp1, tmp2 = f"v{self.tag}{if1}"[:15], f"v{self.tag}{if2}"[:15]
+        sh("ip", "link", "add", tmp1, "type", "veth", "peer", "name", tmp2)
+        sh("ip", "link", "set", tmp1, "netns", ns1)
+        sh("ip", "link", "set", tmp2, "netns", ns2)
+        sh("ip", "-n", ns1, "link", "set", tmp1, "name", if1)
+        sh("ip", "-n", ns2, "link", "set", tmp2, "name", if2)
+
+    def _uplink(self, ns: str, ifname: str, ip: str, wan_if: str) -> None:
+        self._veth(ns, ifname, self.wan, wan_if)
+        sh("ip", "-n", self.wan, "link", "set", wan_if, "master", "wanbr")
+        sh("ip", "-n", self.wan, "link", "set", wan_if, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/15", "dev", ifname)
+        sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def _side(self, index: int, label: str, nat: str) -> Side:
+        if nat not in NAT_TYPES:
+            raise ValueError(nat)
+        host = self.ns(f"h{label}")
+        if nat == "none":
+            ip = f"198.18.{index}.2"
+            self._uplink(host, "wan0", ip, f"p{label}")
+            return Side(index, nat, host, None, ip)
+        router = self.ns(f"r{label}")
+        public = f"198.18.{index}.1"
+        inner, gw = f"10.{index}.0.2", f"10.{index}.0.1"
+        self._uplink(router, "wan0", public, f"p{label}")
+        self._veth(router, "lan0", host, "eth0")
+        sh("ip", "-n", router, "addr", "add", f"{gw}/24", "dev", "lan0")
+        sh("ip", "-n", router, "link", "set", "lan0", "up")
+        sh("ip", "-n", host, "addr", "add", f"{inner}/24", "dev", "eth0")
+        sh("ip", "-n", host, "link", "set", "eth0", "up")
+        sh("ip", "-n", host, "route", "add", "default", "via", gw)
+        sh("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        ipt = ("ip", "netns", "exec", router, "iptables")
+        # Like any home router, drop unsolicited packets addressed to the router itself.
+        # Besides realism this matters for hole punching: a dropped packet's conntrack
+        # entry is never confirmed, so a peer's early probe cannot claim the tuple the
+        # router's own outbound mapping needs (which would force a new port).
+        sh(*ipt, "-A", "INPUT", "-i", "wan0", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
+        if nat == "full-cone":
+            sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "SNAT",
+               "--to-source", public)
+            sh(*ipt, "-t", "nat", "-A", "PREROUTING", "-i", "wan0", "-p", "udp", "-j", "DNAT",
+               "--to-destination", inner)
+        elif nat == "port-restricted":
+            sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
+        elif nat == "symmetric":
+            sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE",
+               "--random-fully")
+        elif nat == "udp-blocked":
+            sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
+            sh(*ipt, "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+               "-j", "ACCEPT")
+            sh(*ipt, "-A", "FORWARD", "-i", "lan0", "-p", "tcp", "-d", SERVER_IP, "-j", "ACCEPT")
+            sh(*ipt, "-A", "FORWARD", "-i", "lan0", "-j", "DROP")
+        return Side(index, nat, host, router, inner)
+
+    def build_lan(self, hosts: int) -> list[str]:
+        """``hosts`` namespaces on one bridge (one LAN, multicast works): 10.77.0.N/24."""
+        hub = self.ns("l")
+        sh("ip", "-n", hub, "link", "add", "lanbr", "type", "bridge")
+        sh("ip", "-n", hub, "link", "set", "lanbr", "up")
+        names = []
+        for i in range(1, hosts + 1):
+            host = self.ns(f"n{i}")
+            self._veth(host, "eth0", hub, f"p{i}")
+            sh("ip", "-n", hub, "link", "set", f"p{i}", "master", "lanbr")
+            sh("ip", "-n", hub, "link", "set", f"p{i}", "up")
+            sh("ip", "-n", host, "addr", "add", f"10.77.0.{i}/24", "dev", "eth0")
+            sh("ip", "-n", host, "link", "set", "eth0", "multicast", "on")
+            sh("ip", "-n", host, "link", "set", "eth0", "up")
+            sh("ip", "-n", host, "route", "add", "224.0.0.0/4", "dev", "eth0")
+            names.append(host)
+        return names
+
+    def exec_prefix(self, ns: str) -> list[str]:
+        return ["ip", "netns", "exec", ns]
+
+    def cut(self, label: str) -> None:
+        """Drop everything the side's host sends or receives (a network outage)."""
+        side = self.sides[label]
+        ns = side.router_ns or side.host_ns
+        chain_if = "lan0" if side.router_ns else "wan0"
+        for chain, flag in (("FORWARD", "-i"), ("FORWARD", "-o"), ("INPUT", "-i"),
+                            ("OUTPUT", "-o")):
+            if side.router_ns is None and chain == "FORWARD":
+                continue
+            sh("ip", "netns", "exec", ns, "iptables", "-I", chain, flag, chain_if, "-j", "DROP")
+
+    def restore(self, label: str) -> None:
+        side = self.sides[label]
+        ns = side.router_ns or side.host_ns
+        chain_if = "lan0" if side.router_ns else "wan0"
+        for chain, flag in (("FORWARD", "-i"), ("FORWARD", "-o"), ("INPUT", "-i"),
+                            ("OUTPUT", "-o")):
+            if side.router_ns is None and chain == "FORWARD":
+                continue
+            sh("ip", "netns", "exec", ns, "iptables", "-D", chain, flag, chain_if, "-j", "DROP")
+
+    def block_udp_between_sides(self, block: bool = True) -> None:
+        """Drop UDP between the two sides' public addresses (the relay still works)."""
+        side = self.sides["a"]
+        other = self.sides["b"]
+        ns = side.router_ns or side.host_ns
+        other_ip = f"198.18.{other.index}.1" if other.router_ns else other.host_ip
+        op = "-I" if block else "-D"
+        chain = "FORWARD" if side.router_ns else "OUTPUT"
+        sh("ip", "netns", "exec", ns, "iptables", op, chain, "-p", "udp", "-d", other_ip,
+           "-j", "DROP")
+        chain = "FORWARD" if side.router_ns else "INPUT"
+        sh("ip", "netns", "exec", ns, "iptables", op, chain, "-p", "udp", "-s", other_ip,
+           "-j", "DROP")
+
+    def close(self) -> None:
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
+            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split()
+            for pid in pids:
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.namespaces.clear()
