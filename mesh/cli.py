@@ -243,10 +243,23 @@ def _parse_target(target: str) -> tuple[str, int]:
               help="Do not advertise on the LAN or serve LAN signaling (also MESH_LAN=off).")
 @click.option("--lan-open", is_flag=True,
               help="Admit LAN peers that connect by name without the ticket.")
+@click.option("--http", "http_mode", is_flag=True,
+              help="Speak HTTP to the service: request log, inspector, auth, headers.")
+@click.option("--inspect", "inspect_addr", default="127.0.0.1:4040", show_default=True,
+              metavar="ADDR", help="With --http: where the request inspector listens "
+                                   "(loopback only).")
+@click.option("--no-inspect", is_flag=True, help="With --http: no inspector.")
+@click.option("--basic-auth", default=None, metavar="USER:PASS",
+              help="With --http: require these credentials (checked by this side).")
+@click.option("--host-header", default=None, metavar="VALUE|rewrite",
+              help="With --http: the Host the service sees (rewrite: the service's "
+                   "host:port).")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple[str, ...],
               ttl: int, max_peers: int, max_streams: int, idle_timeout: float,
-              new_ticket: bool, no_lan: bool, lan_open: bool, as_json: bool) -> None:
+              new_ticket: bool, no_lan: bool, lan_open: bool, http_mode: bool,
+              inspect_addr: str, no_inspect: bool, basic_auth: str | None,
+              host_header: str | None, as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
     from .identity import decode_node_id
     from .share import Share, ShareConfig
@@ -264,13 +277,14 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
                 decode_node_id(key)
             except ValueError:
                 raise ConfigError(f"--allow {key!r} is not a node id") from None
+        http = _http_config(http_mode, inspect_addr, no_inspect, basic_auth, host_header)
     except MeshError as exc:
         _fail(as_json, exc)
     config = ShareConfig(
         port=port, host=host, name=name or f"{socket.gethostname()}-{port}",
         signal_urls=urls, ttl=ttl, allow=frozenset(allow) if allow else None,
         max_peers=max_peers, max_streams=max_streams, idle_timeout=idle_timeout,
-        new_ticket=new_ticket, lan=lan, lan_open=lan_open,
+        new_ticket=new_ticket, lan=lan, lan_open=lan_open, http=http,
     )
 
     async def run() -> None:
@@ -278,6 +292,33 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
             await asyncio.Event().wait()
 
     _run(out, run)
+
+
+def _http_config(http_mode: bool, inspect_addr: str, no_inspect: bool,
+                 basic_auth: str | None, host_header: str | None) -> Any:
+    from .httppolicy import parse_basic_auth
+    from .httpproxy import HttpConfig
+    from .inspector import parse_addr
+
+    if not http_mode:
+        given = [flag for flag, on in (("--basic-auth", basic_auth is not None),
+                                       ("--host-header", host_header is not None),
+                                       ("--no-inspect", no_inspect),
+                                       ("--inspect", inspect_addr != "127.0.0.1:4040")) if on]
+        if given:
+            raise ConfigError(f"{given[0]} needs --http")
+        return None
+    try:
+        auth = parse_basic_auth(basic_auth) if basic_auth is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if host_header is not None and (not host_header.strip() or any(
+            c in host_header for c in "\r\n\0 ")):
+        raise ConfigError("--host-header must be rewrite or a host[:port] without spaces")
+    if not no_inspect:
+        parse_addr(inspect_addr)  # loopback only: fail before any I/O
+    return HttpConfig(basic_auth=auth, host_header=host_header,
+                      inspect=None if no_inspect else inspect_addr)
 
 
 @main.command("connect")
@@ -294,10 +335,13 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
               help="Close a connection idle this many seconds (0: never).")
 @click.option("--retry-direct", default=30.0, show_default=True, type=click.FloatRange(1),
               help="While on the relay, try the direct path again every this many seconds.")
+@click.option("--http", "http_mode", is_flag=True,
+              help="Parse requests as HTTP and refuse a Host other than this listener "
+                   "(421; guards against DNS rebinding from a browser tab).")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
-                as_json: bool) -> None:
+                http_mode: bool, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from . import ticket as ticket_mod
     from .connect import ConnectConfig, Tunnel, resolve
@@ -314,7 +358,8 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
         parsed, by_name = await resolve(ticket, time.time())
         config = ConnectConfig(ticket=parsed, port=port, host=bind_host, signal_urls=urls,
                                max_streams=max_streams, idle_timeout=idle_timeout,
-                               upgrade_interval=retry_direct, by_name=by_name)
+                               upgrade_interval=retry_direct, by_name=by_name,
+                               http=http_mode)
         async with Tunnel(config, on_event=out):
             await asyncio.Event().wait()
 

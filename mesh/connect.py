@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,7 @@ from .errors import (
     ProtocolError,
     Refused,
 )
+from .httpproxy import HttpConfig, HttpSession
 from .identity import Identity, load_or_create
 from .peer import IcePlan, PathInfo, ice_plan, make_pc, path_info, udp_reachable, wait_connected
 from .share import share_tag
@@ -88,6 +90,8 @@ class ConnectConfig:
     """Try the ticket's LAN endpoints (2 s each) before its signaling servers."""
     by_name: bool = False
     """The ticket was made from a LAN advert (`mesh connect NAME`), not given."""
+    http: bool = False
+    """Parse local requests as HTTP/1.1 and refuse a foreign Host with 421 (``--http``)."""
 
 
 class _Link:
@@ -468,6 +472,25 @@ class Tunnel:
     # -- local connections ------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
+        if self.config.http:
+            # the guard parses each request and opens the tunnel stream only for one
+            # that passed (a rebinding page never reaches the sharer)
+            guard = HttpSession(reader, writer, self._open_pipe, config=HttpConfig(inspect=None),
+                                guard_port=self.port)
+            await guard.run()
+            return
+        await self._tunnel(reader, writer)
+
+    async def _open_pipe(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A local socket pair whose far end is tunnelled like an accepted connection."""
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        far_reader, far_writer = await asyncio.open_connection(sock=theirs)
+        self._spawn(self._tunnel(far_reader, far_writer))
+        return reader, writer
+
+    async def _tunnel(self, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
         if self.counters.streams_open >= self.config.max_streams:
             self._warn_once("too many local connections (--max-streams); refusing one")
             writer.transport.abort()

@@ -133,6 +133,56 @@ class Warning(Event):
 
 
 @dataclass(frozen=True)
+class Request(Event):
+    """One HTTP exchange through a ``--http`` share (logged when it ends)."""
+
+    event: ClassVar[str] = "request"
+    id: int
+    method: str
+    path: str
+    status: int | None
+    duration_ms: float | None
+    bytes_in: int
+    """Request body bytes (client to service)."""
+    bytes_out: int
+    """Response body bytes (service to client)."""
+    peer: str
+    client: str
+    state: str = "complete"
+    """complete, upgraded (WebSocket and other protocol switches) or error."""
+    replay_of: int | None = None
+    error: str | None = None
+
+    def human(self) -> str:
+        status = self.status if self.status is not None else "---"
+        ms = f"{self.duration_ms:.1f} ms" if self.duration_ms is not None else "-"
+        extra = f" (replay of #{self.replay_of})" if self.replay_of else ""
+        extra += f" [{self.state}]" if self.state not in ("complete",) else ""
+        extra += f": {self.error}" if self.error else ""
+        return (f"{self.method} {self.path} {status} {ms} "
+                f"{_size(self.bytes_in)} in {_size(self.bytes_out)} out{extra}")
+
+
+@dataclass(frozen=True)
+class InspectorReady(Event):
+    """The local request inspector of a ``--http`` share is serving."""
+
+    event: ClassVar[str] = "inspector"
+    url: str
+
+    def human(self) -> str:
+        return f"inspector: {self.url}"
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    if n < 1024 * 1024:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
+@dataclass(frozen=True)
 class ErrorEvent(Event):
     event: ClassVar[str] = "error"
     message: str

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,11 +28,15 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from . import admission, events
+from .capture import Exchange, Store
 from .control import ControlServer
 from .discovery import Advertiser, open_secret
 from .envelope import Opener, seal_envelope
 from .errors import ConfigError, EnvelopeError, IdentityError, MeshError, ProtocolError
+from .httppolicy import ShareHttpPolicy
+from .httpproxy import HttpConfig, HttpSession, replay
 from .identity import Identity, load_or_create, mesh_home
+from .inspector import Inspector
 from .peer import ice_plan, make_pc, path_info, udp_reachable, wait_connected
 from .signal_client import SignalClient
 from .ticket import Ticket, new_secret
@@ -84,6 +89,8 @@ class ShareConfig:
     lan_open: bool = False
     """Admit LAN peers that connect by name, without the ticket (always so when no
     signaling server is configured: LAN-only mode)."""
+    http: HttpConfig | None = None
+    """Speak HTTP/1.1 to the service: request log, inspector, auth (``--http``)."""
 
 
 @dataclass
@@ -230,6 +237,9 @@ class _Peer:
 
     async def bridge(self, stream: Stream) -> None:
         cfg = self.share.config
+        if cfg.http is not None:
+            await self.bridge_http(stream, cfg.http)
+            return
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(cfg.host, cfg.port), cfg.dial_timeout)
@@ -241,6 +251,29 @@ class _Peer:
             return
         stream.accept()
         await stream.run(reader, writer)
+
+    async def bridge_http(self, stream: Stream, http: HttpConfig) -> None:
+        """HTTP mode: the tunnelled bytes go through an in-process HTTP proxy
+        (httpproxy.py) over a socket pair; the proxy dials the service itself."""
+        share = self.share
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        proxy_reader, proxy_writer = await asyncio.open_connection(sock=theirs)
+        client = self.state.path.get("remote_addr") or path_info(self.pc).remote_addr
+        session = HttpSession(
+            proxy_reader, proxy_writer, share.dial_service, config=http, policy=share.http_policy,
+            store=share.store, on_request=share.on_request, on_upstream_error=share.warn_service,
+            peer=self.state.node, client=client.rsplit(":", 1)[0].strip("[]") or "unknown")
+        proxy = asyncio.create_task(session.run())
+        stream.accept()
+        try:
+            await stream.run(reader, writer)
+        finally:
+            if not proxy.done():
+                await asyncio.wait({proxy}, timeout=1.0)
+            proxy.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await proxy
 
     async def close(self) -> None:
         if self.closed:
@@ -286,6 +319,32 @@ class Share:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_service_warning = 0.0
         self._control = ControlServer(self.snapshot) if config.control_socket else None
+        self.store: Store | None = None
+        self.http_policy: ShareHttpPolicy | None = None
+        self.inspector: Inspector | None = None
+        if config.http is not None:
+            http = config.http
+            self.store = Store(http.history, http.body_cap if http.inspect else 0)
+            self.http_policy = ShareHttpPolicy(config.host, config.port, http.basic_auth,
+                                               http.host_header)
+
+    async def dial_service(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.wait_for(
+            asyncio.open_connection(self.config.host, self.config.port),
+            self.config.dial_timeout)
+
+    def on_request(self, ex: Exchange) -> None:
+        self.emit(events.Request(
+            id=ex.id, method=ex.method, path=ex.target, status=ex.status,
+            duration_ms=ex.duration_ms, bytes_in=ex.request_body.size,
+            bytes_out=ex.response_body.size, peer=ex.peer, client=ex.client, state=ex.state,
+            replay_of=ex.replay_of, error=ex.error))
+
+    async def replay(self, original: Exchange, edits: dict[str, Any]) -> Exchange:
+        """Send a recorded request to the service again (the inspector's Replay)."""
+        assert self.store is not None
+        return await replay(self.store, original, self.dial_service,
+                            on_request=self.on_request, **edits)
 
     @property
     def target(self) -> str:
@@ -330,6 +389,9 @@ class Share:
                 f"connect with `mesh connect {cfg.name}` (pass --signal to reach beyond it)"))
         if self._control is not None:
             await self._control.start()
+        if cfg.http is not None and cfg.http.inspect and self.store is not None:
+            self.inspector = Inspector(self.store, cfg.http.inspect, self.replay, self.target)
+            self.emit(events.InspectorReady(await self.inspector.start()))
         return self.ticket
 
     def _client(self, urls: list[str]) -> SignalClient:
@@ -373,6 +435,8 @@ class Share:
         }
 
     async def close(self) -> None:
+        if self.inspector is not None:
+            await self.inspector.close()
         if self._control is not None:
             await self._control.close()
         for peer in list(self.peers.values()):
