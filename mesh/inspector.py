@@ -356,7 +356,11 @@ function body(b) {
   if (b.binary) return '<div class="dim">binary, ' + size(b.size) + cut + '</div><pre>' +
     esc(atob(b.base64).slice(0, 4096).split('').map(c => c.charCodeAt(0).toString(16)
     .padStart(2, '0')).join(' ')) + '</pre>';
-  return (cut ? '<div class="dim">' + cut + '</div>' : '') + '<pre>' + esc(b.text) + '</pre>';
+  let text = b.text;
+  if (!b.truncated && /^\s*[\[{]/.test(text)) {
+    try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (err) { /* as sent */ }
+  }
+  return (cut ? '<div class="dim">' + cut + '</div>' : '') + '<pre>' + esc(text) + '</pre>';
 }
 async function show(id) {
   selected = id;

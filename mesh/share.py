@@ -432,6 +432,9 @@ class Share:
             "signal": {"url": self._signal.url if self._signal else None,
                        "registered": bool(self._signal and self._signal.registered.is_set())},
             "peers": [p.snapshot() for p in self.peers.values()],
+            "http": None if self.store is None else {
+                "inspector": self.inspector.url if self.inspector else None,
+                "recorded": len(self.store.all())},
         }
 
     async def close(self) -> None:
