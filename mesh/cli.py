@@ -139,12 +139,14 @@ def main(verbose: int) -> None:
               help="Share presence and routing with other instances (redis://HOST:PORT/0).")
 @click.option("--presence-ttl", default=15.0, show_default=True, type=click.FloatRange(1),
               help="With --redis: seconds until a dead instance's nodes vanish.")
+@click.option("--gateway", "gateways", multiple=True, metavar="NODE_ID",
+              help="Node id of a `mesh gateway` allowed to announce itself (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: str | None,
                turn_urls: tuple[str, ...], turn_secret: str | None, relay_allow: tuple[str, ...],
                max_allocations: int, max_allocations_per_user: int, relay_bandwidth: int,
                max_conns_per_ip: int, rate: float, redis_url: str | None,
-               presence_ttl: float, as_json: bool) -> None:
+               presence_ttl: float, gateways: tuple[str, ...], as_json: bool) -> None:
     """Run the rendezvous server: signaling plus STUN/TURN."""
     import ipaddress
 
@@ -168,10 +170,18 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
                 ipaddress.ip_address(public_ip)
             except ValueError:
                 raise ConfigError(f"--public-ip {public_ip!r} is not an IP address") from None
+        from .identity import decode_node_id
+
+        for key in gateways:
+            try:
+                decode_node_id(key)
+            except ValueError:
+                raise ConfigError(f"--gateway {key!r} is not a node id (see `mesh id`)") from None
     except MeshError as exc:
         _fail(as_json, exc)
     config = RendezvousConfig(
-        signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip, rate=rate),
+        signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip, rate=rate,
+                            gateways=frozenset(gateways)),
         stun_port=None if no_turn else stun_port, public_ip=public_ip, turn_urls=turn_urls,
         turn_secret=turn_secret.encode() if turn_secret else None, relay_allow=relay_allow,
         max_allocations=max_allocations, max_allocations_per_user=max_allocations_per_user,
@@ -254,13 +264,20 @@ def _parse_target(target: str) -> tuple[str, int]:
 @click.option("--host-header", default=None, metavar="VALUE|rewrite",
               help="With --http: the Host the service sees (rewrite: the service's "
                    "host:port).")
+@click.option("--public", is_flag=True,
+              help="Claim --name on the signaling tier and serve the share through its "
+                   "gateway (implies --http).")
+@click.option("--public-auth", default=None, metavar="USER:PASS",
+              help="With --public: the gateway demands these Basic credentials.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple[str, ...],
               ttl: int, max_peers: int, max_streams: int, idle_timeout: float,
               new_ticket: bool, no_lan: bool, lan_open: bool, http_mode: bool,
               inspect_addr: str, no_inspect: bool, basic_auth: str | None,
-              host_header: str | None, as_json: bool) -> None:
+              host_header: str | None, public: bool, public_auth: str | None,
+              as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
+    from .httppolicy import parse_basic_auth
     from .identity import decode_node_id
     from .share import Share, ShareConfig
 
@@ -277,14 +294,35 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
                 decode_node_id(key)
             except ValueError:
                 raise ConfigError(f"--allow {key!r} is not a node id") from None
-        http = _http_config(http_mode, inspect_addr, no_inspect, basic_auth, host_header)
+        http = _http_config(http_mode or public, inspect_addr, no_inspect, basic_auth,
+                            host_header)
+        pub_auth = None
+        if public_auth is not None:
+            if not public:
+                raise ConfigError("--public-auth needs --public")
+            try:
+                pub_auth = parse_basic_auth(public_auth)
+            except ValueError as exc:
+                raise ConfigError(str(exc).replace("--basic-auth", "--public-auth")) from None
+        if public:
+            from signaling.protocol import valid_name
+
+            if not name:
+                raise ConfigError("--public needs --name NAME (the NAME in NAME.DOMAIN)")
+            if not valid_name(name):
+                raise ConfigError(f"--name {name!r}: a public name is one lower-case DNS "
+                                  "label (a-z, 0-9, -)")
+            if not urls:
+                raise ConfigError("--public needs --signal URL (a server whose operator "
+                                  "runs `mesh gateway`)")
     except MeshError as exc:
         _fail(as_json, exc)
     config = ShareConfig(
         port=port, host=host, name=name or f"{socket.gethostname()}-{port}",
         signal_urls=urls, ttl=ttl, allow=frozenset(allow) if allow else None,
         max_peers=max_peers, max_streams=max_streams, idle_timeout=idle_timeout,
-        new_ticket=new_ticket, lan=lan, lan_open=lan_open, http=http,
+        new_ticket=new_ticket, lan=lan, lan_open=lan_open, http=http, public=public,
+        public_auth=pub_auth,
     )
 
     async def run() -> None:
@@ -319,6 +357,97 @@ def _http_config(http_mode: bool, inspect_addr: str, no_inspect: bool,
         parse_addr(inspect_addr)  # loopback only: fail before any I/O
     return HttpConfig(basic_auth=auth, host_header=host_header,
                       inspect=None if no_inspect else inspect_addr)
+
+
+@main.command("gateway")
+@click.option("--domain", required=True, help="Serve shares as NAME.DOMAIN.")
+@click.option("--listen", "listen", default="0.0.0.0:8080", show_default=True, metavar="ADDR",
+              help="HOST:PORT to serve HTTP(S) on (port 0 picks a free one).")
+@click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain).")
+@click.option("--tls-key", default=None, metavar="FILE", help="PEM private key.")
+@click.option("--signal", "signal_urls", multiple=True, metavar="URL",
+              help="Signaling server (repeatable; default: $MESH_SIGNAL).")
+@click.option("--public-url", default=None, metavar="URL",
+              help="Base URL shares print, when the gateway sits behind something else.")
+@click.option("--max-body", default=10 * 1024 * 1024, show_default=True,
+              type=click.IntRange(0), help="Largest request body in bytes (413 beyond).")
+@click.option("--rate-per-share", default=100.0, show_default=True,
+              type=click.FloatRange(0.1), help="Requests per second per share (503 beyond).")
+@click.option("--rate-per-client", default=50.0, show_default=True,
+              type=click.FloatRange(0.1),
+              help="Requests per second per client address (503 beyond).")
+@click.option("--burst", default=200.0, show_default=True, type=click.FloatRange(1),
+              help="Requests a share or client may make at once before the rates apply.")
+@click.option("--max-streams-per-share", default=64, show_default=True,
+              type=click.IntRange(1), help="Open requests per share (503 beyond).")
+@click.option("--share-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a share has to start answering (504 beyond).")
+@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
+                signal_urls: tuple[str, ...], public_url: str | None, max_body: int,
+                rate_per_share: float, rate_per_client: float, burst: float,
+                max_streams_per_share: int, share_timeout: float, as_json: bool) -> None:
+    """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
+    from .gateway import Gateway, GatewayConfig, check_public_url, parse_listen, valid_domain
+
+    out = _Output(as_json)
+    try:
+        urls = _signal_urls(signal_urls)
+        if not urls:
+            raise ConfigError("the gateway needs --signal URL (or MESH_SIGNAL)")
+        if not valid_domain(domain):
+            raise ConfigError(f"--domain {domain!r} is not a domain name")
+        host, port = parse_listen(listen)
+        if public_url is not None:
+            check_public_url(public_url)
+    except MeshError as exc:
+        _fail(as_json, exc)
+    config = GatewayConfig(
+        domain=domain.lower(), signal_urls=urls, host=host, port=port, tls_cert=tls_cert,
+        tls_key=tls_key, public_url=public_url, max_body=max_body,
+        rate_per_share=rate_per_share, burst_per_share=burst,
+        rate_per_client=rate_per_client, burst_per_client=burst,
+        max_streams_per_share=max_streams_per_share, share_timeout=share_timeout)
+
+    async def run() -> None:
+        async with Gateway(config, on_event=out):
+            await asyncio.Event().wait()
+
+    _run(out, run)
+
+
+@main.command("release")
+@click.argument("name")
+@click.option("--signal", "signal_urls", multiple=True, metavar="URL",
+              help="Signaling server (repeatable; default: $MESH_SIGNAL).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
+    """Give up a public name this machine's key holds."""
+    from .identity import load_or_create
+    from .signal_client import SignalClient
+
+    out = _Output(as_json)
+    try:
+        urls = _signal_urls(signal_urls)
+        if not urls:
+            raise ConfigError("pass --signal URL (or set MESH_SIGNAL)")
+        from signaling.protocol import valid_name
+
+        if not valid_name(name):
+            raise ConfigError(f"{name!r} is not a public name (one lower-case DNS label)")
+    except MeshError as exc:
+        _fail(as_json, exc)
+
+    async def run() -> None:
+        client = SignalClient(load_or_create(), list(urls), lambda sender, payload: None)
+        await client.start()
+        try:
+            await client.name("release", name)
+        finally:
+            await client.close()
+        out(events.Released(name))
+
+    _run(out, run)
 
 
 @main.command("connect")

@@ -117,9 +117,13 @@ class Tunnel:
         *,
         identity: Identity | None = None,
         on_event: events.OnEvent = events.ignore,
+        signal: SignalClient | None = None,
     ) -> None:
+        """``signal``: a registered client shared with others (the gateway keeps one
+        session for all its tunnels and hands each its payloads via ``on_payload``)."""
         self.config = config
         self.ticket = config.ticket
+        self._shared_signal = signal
         self.identity = identity or load_or_create()
         self.on_event = on_event
         self.counters = Counters()
@@ -135,6 +139,15 @@ class Tunnel:
         self._closed = False
         self._last_warning: dict[str, float] = {}
         self._control = ControlServer(self.snapshot) if config.control_socket else None
+
+    @property
+    def up(self) -> bool:
+        """A peer connection is established and admitted right now."""
+        return self._up.is_set()
+
+    def on_payload(self, sender: str, payload: bytes) -> None:
+        """Feed a payload received on a shared signaling client."""
+        self._on_payload(sender, payload)
 
     @property
     def path(self) -> str | None:
@@ -178,12 +191,15 @@ class Tunnel:
         if self._control is not None:
             await self._control.start()
         try:
-            self._signal = SignalClient(
-                self.identity, urls, self._on_payload,
-                lambda state, url: self.emit(events.Signal(state, url)),
-                fast_urls=frozenset(hints),
-            )
-            await self._signal.start()
+            if self._shared_signal is not None:
+                self._signal = self._shared_signal
+            else:
+                self._signal = SignalClient(
+                    self.identity, urls, self._on_payload,
+                    lambda state, url: self.emit(events.Signal(state, url)),
+                    fast_urls=frozenset(hints),
+                )
+                await self._signal.start()
             await self._establish()
         except BaseException:
             await self.close()
@@ -200,7 +216,7 @@ class Tunnel:
         if self._link is not None:
             await self._link.pc.close()
             await self._bye(self._link.session)
-        if self._signal is not None:
+        if self._signal is not None and self._signal is not self._shared_signal:
             await self._signal.close()
 
     async def __aenter__(self) -> Tunnel:

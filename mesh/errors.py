@@ -89,3 +89,9 @@ class AddressInUse(MeshError):
     """The local port asked for is already taken."""
 
     exit_code = 6
+
+
+class NameTaken(MeshError):
+    """A public name is held by another node key (first claim wins)."""
+
+    exit_code = 7

@@ -183,6 +183,46 @@ def _size(n: int) -> str:
 
 
 @dataclass(frozen=True)
+class Public(Event):
+    """A ``--public`` share holds its name; the gateway serves it at ``url``."""
+
+    event: ClassVar[str] = "public"
+    name: str
+    url: str
+    """``scheme://NAME.DOMAIN/`` (needs wildcard DNS for the domain)."""
+    path_url: str
+    """``GATEWAY/s/NAME/``: works without wildcard DNS."""
+
+    def human(self) -> str:
+        return f"public: {self.url} (or {self.path_url})"
+
+
+@dataclass(frozen=True)
+class GatewayReady(Event):
+    """``mesh gateway`` is serving."""
+
+    event: ClassVar[str] = "ready"
+    url: str
+    node_id: str
+    domain: str
+
+    def human(self) -> str:
+        return (f"mesh gateway for *.{self.domain} listening on {self.url} "
+                f"(node {self.node_id}; pin it with `mesh signal --gateway {self.node_id}`)")
+
+
+@dataclass(frozen=True)
+class Released(Event):
+    """`mesh release`: the public name is free again."""
+
+    event: ClassVar[str] = "released"
+    name: str
+
+    def human(self) -> str:
+        return f"released the public name {self.name!r}"
+
+
+@dataclass(frozen=True)
 class ErrorEvent(Event):
     event: ClassVar[str] = "error"
     message: str

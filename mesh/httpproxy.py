@@ -77,10 +77,39 @@ class HttpConfig:
     """Exchanges kept for the inspector."""
     upstream_timeout: float = 10.0
     """Seconds to connect to the service."""
+    response_timeout: float | None = None
+    """Seconds the upstream has to start its response (then 504); None: no limit."""
+    max_body: int | None = None
+    """Largest request body accepted (413 beyond it); None: no limit."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a router (the gateway) sends one request, and how."""
+
+    key: str
+    """Requests with the same key may reuse one upstream connection."""
+    opener: Opener
+    target: bytes
+    headers: Headers
+    """The headers to send upstream (already transformed, framing included)."""
+    release: Callable[[], None] = lambda: None
+    """Called once the exchange is over (stream counters)."""
+
+
+Router = Callable[[h11.Request, Headers], Awaitable["Route | Refusal"]]
 
 
 class UpstreamError(Exception):
     """The service could not be reached or broke the response."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not start its response in time."""
+
+
+class BodyTooLarge(Exception):
+    """The request body went over ``max_body`` while streaming."""
 
 
 class _Upstream:
@@ -119,9 +148,10 @@ class HttpSession:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        open_upstream: Opener,
+        open_upstream: Opener | None,
         *,
         config: HttpConfig,
+        router: Router | None = None,
         policy: ShareHttpPolicy | None = None,
         guard_port: int | None = None,
         store: Store | None = None,
@@ -132,6 +162,8 @@ class HttpSession:
     ) -> None:
         self.reader, self.writer = reader, writer
         self.open_upstream = open_upstream
+        self.router = router
+        self.up_key = ""
         self.config = config
         self.policy = policy
         self.guard_port = guard_port
@@ -166,11 +198,26 @@ class HttpSession:
                 refusal = host_guard(headers, self.guard_port)
             if refusal is None and self.policy is not None:
                 refusal = self.policy.check(headers)
+            if refusal is None and self.config.max_body is not None:
+                length = dict(headers).get(b"content-length")
+                if length is not None and int(length) > self.config.max_body:
+                    refusal = Refusal(413, f"request body over {self.config.max_body} bytes")
+            route: Route | None = None
+            if refusal is None and self.router is not None:
+                routed = await self.router(request, headers)
+                if isinstance(routed, Refusal):
+                    refusal = routed
+                else:
+                    route = routed
             if refusal is not None:
                 self._log_refusal(request, headers, refusal)
                 await self._refuse(refusal)
                 return
-            keep = await self._exchange(request, headers)
+            try:
+                keep = await self._exchange(request, headers, route)
+            finally:
+                if route is not None:
+                    route.release()
             if (not keep or self.conn.our_state is h11.MUST_CLOSE
                     or self.conn.their_state is h11.MUST_CLOSE):
                 return
@@ -238,26 +285,33 @@ class HttpSession:
             self.on_request(ex)
 
     # -- one exchange -----------------------------------------------------------
-    async def _upstream(self) -> _Upstream:
-        if self.up is not None and self.up.conn.our_state is h11.IDLE:
+    async def _upstream(self, route: Route | None) -> _Upstream:
+        key = route.key if route is not None else ""
+        if self.up is not None and self.up.conn.our_state is h11.IDLE and self.up_key == key:
             return self.up
         if self.up is not None:
             self.up.close()
             self.up = None
+        opener = route.opener if route is not None else self.open_upstream
+        assert opener is not None
         try:
-            reader, writer = await asyncio.wait_for(self.open_upstream(),
-                                                    self.config.upstream_timeout)
+            reader, writer = await asyncio.wait_for(opener(), self.config.upstream_timeout)
         except (OSError, TimeoutError) as exc:
             text = ("refused the connection" if isinstance(exc, ConnectionRefusedError)
                     else f"unreachable: {getattr(exc, 'strerror', None) or 'timeout'}")
             raise UpstreamError(text) from exc
         self.up = _Upstream(reader, writer)
+        self.up_key = key
         return self.up
 
-    async def _exchange(self, request: h11.Request, headers: Headers) -> bool:
+    async def _exchange(self, request: h11.Request, headers: Headers,
+                        route: Route | None = None) -> bool:
         """Forward one request; return whether the client connection stays open."""
         upgrade = is_upgrade(headers)
-        if self.policy is not None:
+        target = request.target
+        if route is not None:
+            out, target = route.headers, route.target
+        elif self.policy is not None:
             out = self.policy.upstream_headers(headers, peer=self.peer, client=self.client,
                                                upgrade=upgrade)
         else:
@@ -265,11 +319,11 @@ class HttpSession:
         ex = None
         if self.store is not None:
             ex = self.store.begin(request.method, request.target, request.http_version, out,
-                                  peer=self.peer, client=self.client)
+                                  peer=route.key if route is not None else self.peer,
+                                  client=self.client)
         try:
-            up = await self._upstream()
-            await up.send(h11.Request(method=request.method, target=request.target,
-                                      headers=out))
+            up = await self._upstream(route)
+            await up.send(h11.Request(method=request.method, target=target, headers=out))
         except (UpstreamError, ConnectionError, OSError, h11.ProtocolError) as exc:
             text = f"service {exc}" if isinstance(exc, UpstreamError) else "service closed"
             if self.on_upstream_error is not None:
@@ -280,6 +334,15 @@ class HttpSession:
         body = asyncio.create_task(self._pump_body(up, ex))
         try:
             result = await self._relay_response(up, ex, upgrade, body)
+        except UpstreamTimeout:
+            result = "broken"
+            await self._refuse(Refusal(504, "mesh: the share did not answer within "
+                                            f"{self.config.response_timeout:g} s"))
+            self._end(ex, 504, "error", "timed out")
+        except BodyTooLarge:
+            result = "broken"
+            await self._refuse(Refusal(413, f"request body over {self.config.max_body} bytes"))
+            self._end(ex, 413, "error", "body too large")
         except (ConnectionError, OSError, h11.ProtocolError, UpstreamError) as exc:
             result = "broken"
             if ex is not None and ex.status is None:
@@ -318,6 +381,7 @@ class HttpSession:
 
     async def _pump_body(self, up: _Upstream, ex: Exchange | None) -> None:
         conn = self.conn
+        size = 0
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -326,6 +390,10 @@ class HttpSession:
                 conn.receive_data(data)
                 continue
             if isinstance(event, h11.Data):
+                size += len(event.data)
+                if self.config.max_body is not None and size > self.config.max_body:
+                    up.writer.transport.abort()  # the upstream never gets a whole request
+                    raise BodyTooLarge()
                 if ex is not None:
                     ex.request_body.feed(event.data)
                 await up.send(h11.Data(data=event.data))
@@ -337,8 +405,10 @@ class HttpSession:
 
     async def _relay_response(self, up: _Upstream, ex: Exchange | None, upgrade: bool,
                               body: asyncio.Task[None]) -> str:
+        first = True
         while True:
-            event = await up.next_event()
+            event = await self._next_upstream_event(up, body, first)
+            first = False
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101 and upgrade:
                     await body
@@ -365,6 +435,31 @@ class HttpSession:
                 return "done"
             else:
                 raise UpstreamError("service closed the connection mid-response")
+
+    async def _next_upstream_event(self, up: _Upstream, body: asyncio.Task[None],
+                                   first: bool) -> Any:
+        """The next upstream event; the response head within ``response_timeout``, and a
+        request body that fails (too large) ends the wait."""
+        nxt = asyncio.ensure_future(up.next_event())
+        waits: set[asyncio.Future[Any]] = {nxt}
+        if not body.done():
+            waits.add(body)
+        timeout = self.config.response_timeout if first else None
+        try:
+            while True:
+                done, _ = await asyncio.wait(waits, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if nxt in done:
+                    return nxt.result()
+                if not done:
+                    raise UpstreamTimeout()
+                waits.discard(body)
+                exc = body.exception()
+                if isinstance(exc, BodyTooLarge):
+                    raise exc
+        finally:
+            if not nxt.done():
+                nxt.cancel()
 
     async def _switch(self, up: _Upstream, ex: Exchange | None,
                       event: h11.InformationalResponse) -> str:

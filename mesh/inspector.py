@@ -357,7 +357,7 @@ function body(b) {
     esc(atob(b.base64).slice(0, 4096).split('').map(c => c.charCodeAt(0).toString(16)
     .padStart(2, '0')).join(' ')) + '</pre>';
   let text = b.text;
-  if (!b.truncated && /^\s*[\[{]/.test(text)) {
+  if (!b.truncated && /^\\s*[\\[{]/.test(text)) {
     try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (err) { /* as sent */ }
   }
   return (cut ? '<div class="dim">' + cut + '</div>' : '') + '<pre>' + esc(text) + '</pre>';

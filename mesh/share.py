@@ -32,7 +32,14 @@ from .capture import Exchange, Store
 from .control import ControlServer
 from .discovery import Advertiser, open_secret
 from .envelope import Opener, seal_envelope
-from .errors import ConfigError, EnvelopeError, IdentityError, MeshError, ProtocolError
+from .errors import (
+    ConfigError,
+    EnvelopeError,
+    IdentityError,
+    MeshError,
+    NameTaken,
+    ProtocolError,
+)
 from .httppolicy import ShareHttpPolicy
 from .httpproxy import HttpConfig, HttpSession, replay
 from .identity import Identity, load_or_create, mesh_home
@@ -91,6 +98,10 @@ class ShareConfig:
     signaling server is configured: LAN-only mode)."""
     http: HttpConfig | None = None
     """Speak HTTP/1.1 to the service: request log, inspector, auth (``--http``)."""
+    public: bool = False
+    """Claim ``name`` and let the signaling tier's gateway serve it (``--public``)."""
+    public_auth: tuple[str, str] | None = None
+    """Basic credentials the gateway demands from public callers (``--public-auth``)."""
 
 
 @dataclass
@@ -311,7 +322,7 @@ class Share:
         self.peers: dict[str, _Peer] = {}
         self.ticket = ""
         self.started = time.monotonic()
-        self._opener = Opener(self.identity, frozenset({"offer", "bye"}))
+        self._opener = Opener(self.identity, frozenset({"offer", "bye", "pubreq"}))
         self._signal: SignalClient | None = None
         self._signals: list[SignalClient] = []
         self._lan_server: SignalServer | None = None
@@ -364,16 +375,29 @@ class Share:
 
     async def start(self) -> str:
         """Register with signaling (and/or serve it on the LAN); return the ticket."""
+        try:
+            return await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> str:
         cfg = self.config
         if not cfg.signal_urls and not cfg.lan:
             raise ConfigError("no signaling server and LAN mode is off: nobody could connect")
         hints: list[str] = []
         if cfg.lan:
             hints = await self._start_lan()
+        if cfg.public and not cfg.signal_urls:
+            raise ConfigError("--public needs a signaling server whose operator runs a "
+                              "gateway (--signal URL)")
+        claimed: tuple[str, str] | None = None
         if cfg.signal_urls:
-            remote = self._client(list(cfg.signal_urls))
-            await remote.start()
+            remote = self._client(list(cfg.signal_urls), claim=cfg.public)
             self._signals.insert(0, remote)
+            await remote.start()
+            if cfg.public:  # before the ticket is shown: a taken name is an error
+                claimed = await self._claim(remote, first=True)
         self._signal = self._signals[0]
         ticket = Ticket(
             node_id=self.identity.node_id, secret=self.secret,
@@ -387,6 +411,8 @@ class Share:
             self.emit(events.Warning(
                 f"LAN mode: no signaling server configured; anyone on this network can "
                 f"connect with `mesh connect {cfg.name}` (pass --signal to reach beyond it)"))
+        if claimed is not None:
+            self.emit(events.Public(cfg.name, *claimed))
         if self._control is not None:
             await self._control.start()
         if cfg.http is not None and cfg.http.inspect and self.store is not None:
@@ -394,15 +420,73 @@ class Share:
             self.emit(events.InspectorReady(await self.inspector.start()))
         return self.ticket
 
-    def _client(self, urls: list[str]) -> SignalClient:
+    def _client(self, urls: list[str], claim: bool = False) -> SignalClient:
         client: SignalClient
+        registrations = 0
 
         def on_payload(sender: str, payload: bytes) -> None:
             self._on_payload(client, sender, payload)
 
+        def on_registered() -> None:
+            nonlocal registrations
+            registrations += 1
+            if claim and registrations > 1:  # after a reconnect: hold the name again
+                self._spawn(self._claim(client, first=False))
+
         client = SignalClient(self.identity, urls, on_payload,
-                              lambda state, url: self.emit(events.Signal(state, url)))
+                              lambda state, url: self.emit(events.Signal(state, url)),
+                              on_registered=on_registered)
         return client
+
+    async def _claim(self, client: SignalClient, first: bool) -> tuple[str, str] | None:
+        """Hold the public name; return the gateway's URLs for it (if one is announced)."""
+        name = self.config.name
+        try:
+            result = await client.name("claim", name)
+        except NameTaken:
+            if first:
+                raise NameTaken(f"the public name {name!r} belongs to another node key; "
+                                "pick another with --name") from None
+            self.emit(events.Warning(f"lost the public name {name!r} to another node key"))
+            return None
+        except MeshError as exc:
+            if first:
+                raise
+            self.emit(events.Warning(f"could not renew the public name: {exc}"))
+            return None
+        gateway = result.gateway
+        if gateway is None:
+            if first:
+                self.emit(events.Warning("no gateway is announced on this signaling server "
+                                         "yet; the share is public as soon as one is"))
+            return None
+        return public_urls(gateway, name)
+
+    async def _on_pubreq(self, via: SignalClient, sender: str, session: str,
+                         body: dict[str, Any]) -> None:
+        """The gateway asks for this share's ticket: only a --public share answers, and
+        only to the gateway the signaling tier names."""
+        if body.get("name") != self.config.name:
+            return  # another share under this node key
+        reason = None
+        if not self.config.public:
+            reason = "this share is not public"
+        else:
+            try:
+                result = await via.name("lookup", self.config.name)
+            except MeshError as exc:
+                log.info("pubreq lookup failed: %s", exc)
+                return
+            if result.owner != self.identity.node_id:
+                reason = "this node does not hold the name"
+            elif result.gateway is None or result.gateway["node"] != sender:
+                reason = "you are not the gateway of this signaling server"
+        if reason is not None:
+            await self._reply(via, sender, "reject", session, {"reason": reason})
+            return
+        auth = self.config.public_auth
+        await self._reply(via, sender, "publish", session, {
+            "ticket": self.ticket, "auth": f"{auth[0]}:{auth[1]}" if auth else None})
 
     async def _start_lan(self) -> list[str]:
         """Serve the signaling protocol on the LAN, register there, advertise it."""
@@ -466,6 +550,9 @@ class Share:
         except EnvelopeError as exc:
             log.info("dropped envelope from %s: %s", sender[:8], exc)
             return
+        if env.kind == "pubreq":
+            self._spawn(self._on_pubreq(via, env.sender, env.session, env.body))
+            return
         if env.kind == "bye":
             peer = self.peers.get(env.session)
             if peer is not None and peer.state.node == env.sender:
@@ -524,6 +611,17 @@ class Share:
         await self._reply(via, node, "answer", session, {"sdp": answer})
         with contextlib.suppress(MeshError):
             await wait_connected(peer.pc, cfg.handshake_timeout)
+
+
+def public_urls(gateway: dict[str, str], name: str) -> tuple[str, str]:
+    """The public URLs of ``name`` behind ``gateway`` ({"domain", "url"})."""
+    from urllib.parse import urlsplit
+
+    base = gateway.get("url", "").rstrip("/")
+    parts = urlsplit(base)
+    port = f":{parts.port}" if parts.port else ""
+    host_url = f"{parts.scheme or 'https'}://{name}.{gateway.get('domain', '')}{port}/"
+    return host_url, f"{base}/s/{name}/"
 
 
 def share_tag(name: str) -> str:

@@ -23,7 +23,7 @@ import aiohttp
 
 from signaling import protocol as p
 
-from .errors import MeshError, PeerUnreachable, SignalingError
+from .errors import MeshError, NameTaken, PeerUnreachable, SignalingError
 from .identity import Identity
 
 log = logging.getLogger("mesh.signal")
@@ -47,6 +47,7 @@ class SignalClient:
         on_payload: OnPayload,
         on_state: OnState | None = None,
         fast_urls: frozenset[str] = frozenset(),
+        on_registered: Callable[[], None] | None = None,
     ) -> None:
         if not urls:
             raise SignalingError("no signaling server configured")
@@ -65,6 +66,8 @@ class SignalClient:
         self._pongs: list[asyncio.Future[None]] = []
         self.registered = asyncio.Event()
         self._fast = fast_urls
+        self._on_registered = on_registered
+        self._names: dict[int, asyncio.Future[p.NameResult]] = {}
         """URLs (LAN hints) given up on after FAST_TIMEOUT rather than CONNECT_TIMEOUT."""
 
     async def start(self) -> None:
@@ -126,6 +129,30 @@ class SignalClient:
             return None
         return round((time.monotonic() - t0) * 1000, 2)
 
+    async def name(self, op: str, name: str, timeout: float = 10.0) -> p.NameResult:
+        """Claim, release or look up a public name (see signaling/protocol.py)."""
+        ws = self._ws
+        if ws is None or ws.closed or not self.registered.is_set():
+            raise SignalingError(f"not connected to the signaling server {self.url}")
+        ref = next(self._refs)
+        fut: asyncio.Future[p.NameResult] = asyncio.get_running_loop().create_future()
+        self._names[ref] = fut
+        try:
+            await ws.send_str(p.encode(p.NameOp(op, name, ref)))
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise SignalingError(f"the signaling server did not answer a name {op}") from None
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            raise SignalingError(f"lost the signaling server {self.url}: {exc}") from exc
+        finally:
+            self._names.pop(ref, None)
+
+    async def announce_gateway(self, domain: str, url: str) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise SignalingError(f"not connected to the signaling server {self.url}")
+        await ws.send_str(p.encode(p.Announce(domain, url)))
+
     def _forget(self, ref: int) -> None:
         fut = self._pending.pop(ref, None)
         if fut is not None and not fut.done():
@@ -166,6 +193,8 @@ class SignalClient:
         self.url = url
         self.registered.set()
         self._on_state("registered", url)
+        if self._on_registered is not None:
+            self._on_registered()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> p.ServerFrame:
         msg = await ws.receive()
@@ -220,6 +249,15 @@ class SignalClient:
                     self._on_payload(sender, payload)
                 except Exception:  # a handler bug must not kill the session
                     log.exception("payload handler failed")
+            case p.NameResult(ref=ref):
+                waiting = self._names.get(ref) if ref is not None else None
+                if waiting is not None and not waiting.done():
+                    waiting.set_result(frame)
+            case p.Error(code, message, ref) if ref is not None and ref in self._names:
+                named = self._names[ref]
+                if not named.done():
+                    named.set_exception(NameTaken(message) if code == "name-taken"
+                                        else SignalingError(f"signaling: {message}"))
             case p.Error(code, message, ref):
                 fut = self._pending.pop(ref, None) if ref is not None else None
                 if fut is not None and not fut.done():

@@ -43,6 +43,22 @@ class Broker(Protocol):
         """Rate limit shared by every instance; False: the node sends too fast."""
         ...
 
+    async def claim_name(self, name: str, node: str) -> str:
+        """Bind ``name`` to ``node`` unless another node holds it; return the holder."""
+        ...
+
+    async def release_name(self, name: str, node: str) -> bool:
+        """Unbind ``name`` if ``node`` holds it; False if it did not."""
+        ...
+
+    async def name_owner(self, name: str) -> str | None: ...
+
+    async def set_gateway(self, info: dict[str, str]) -> None:
+        """Record the public gateway (node, domain, url) announced on this tier."""
+        ...
+
+    async def gateway(self) -> dict[str, str] | None: ...
+
     async def start(self) -> None: ...
 
     def count(self) -> int:
@@ -61,6 +77,26 @@ class MemoryBroker:
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         self._nodes: dict[str, list[Mailbox]] = {}
         self._max = max_sessions
+        self._names: dict[str, str] = {}
+        self._gateway: dict[str, str] | None = None
+
+    async def claim_name(self, name: str, node: str) -> str:
+        return self._names.setdefault(name, node)
+
+    async def release_name(self, name: str, node: str) -> bool:
+        if self._names.get(name) != node:
+            return False
+        del self._names[name]
+        return True
+
+    async def name_owner(self, name: str) -> str | None:
+        return self._names.get(name)
+
+    async def set_gateway(self, info: dict[str, str]) -> None:
+        self._gateway = dict(info)
+
+    async def gateway(self) -> dict[str, str] | None:
+        return self._gateway
 
     async def attach(self, node: str, mailbox: Mailbox) -> None:
         boxes = self._nodes.setdefault(node, [])

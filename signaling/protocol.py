@@ -10,12 +10,24 @@ Server -> client::
     {"type": "deliver", "from": NODE, "payload": B64}
     {"type": "error", "code": CODE, "message": TEXT, "ref": INT|null}
     {"type": "pong"}
+    {"type": "name", "op": OP, "name": NAME, "owner": NODE|null,
+     "gateway": {"node": NODE, "domain": STR, "url": STR}|null, "ref": INT}
 
 Client -> server::
 
     {"type": "register", "node": NODE, "sig": B64(64 bytes)}
     {"type": "send", "to": NODE, "payload": B64, "ref": INT}
     {"type": "ping"}
+    {"type": "name", "op": "claim"|"release"|"lookup", "name": NAME, "ref": INT}
+    {"type": "gateway", "domain": STR, "url": STR}
+
+Public names (``mesh share --public``, ``mesh gateway``): ``claim`` binds NAME
+(a DNS label) to the registered node if nobody holds it, and is a no-op for its
+holder; ``release`` unbinds it (holder only); ``lookup`` reads it. The answer
+is a ``name`` frame with the holder (``owner``) and the gateway announced on
+this server, or an error with the same ``ref``. A ``gateway`` frame announces
+the public gateway; the server accepts it only from the node ids its operator
+pinned (``mesh signal --gateway NODE_ID``).
 
 A session starts with ``hello``. The client proves it holds the key of NODE by
 signing ``b"mesh-register-v1\\n" + nonce + NODE`` (Ed25519, detached); only
@@ -26,7 +38,8 @@ that caused it. ICE entries are ``{"urls": [..], "username": .., "credential": .
 
 Error codes: ``bad-frame`` (malformed; the server closes), ``too-large``
 (closes), ``rate-limited``, ``not-registered``, ``bad-signature`` (closes),
-``unknown-destination``, ``replaced`` (another session registered the same
+``unknown-destination``, ``name-taken``, ``not-owner``, ``not-gateway``,
+``replaced`` (another session registered the same
 node beyond the per-node session limit; closes), ``too-many-connections``
 (closes), ``shutting-down``. Several sessions may register one node id (two
 processes with one key); a ``send`` reaches all of them.
@@ -39,6 +52,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +92,28 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
+class NameOp:
+    op: str
+    name: str
+    ref: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    domain: str
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class NameResult:
+    op: str
+    name: str
+    owner: str | None
+    gateway: dict[str, str] | None
+    ref: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Hello:
     version: int
     nonce: bytes
@@ -108,8 +144,38 @@ class Pong:
     pass
 
 
-ClientFrame = Register | Send | Ping
-ServerFrame = Hello | Registered | Deliver | Error | Pong
+ClientFrame = Register | Send | Ping | NameOp | Announce
+ServerFrame = Hello | Registered | Deliver | Error | Pong | NameResult
+
+NAME_OPS = ("claim", "release", "lookup")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def valid_name(name: object) -> bool:
+    """A public share name: one lower-case DNS label (``hooks``, ``my-app-2``)."""
+    return isinstance(name, str) and _LABEL.fullmatch(name) is not None
+
+
+def _name(value: Any) -> str:
+    if not valid_name(value):
+        raise FrameError("bad-frame", "name must be a lower-case DNS label (a-z, 0-9, -)")
+    return str(value)
+
+
+def _short_text(value: Any, what: str, limit: int = 256) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise FrameError("bad-frame", f"{what} must be text of at most {limit} characters")
+    return value
+
+
+def _gateway(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise FrameError("bad-frame", "gateway must be an object")
+    return {"node": _node(value.get("node"), "gateway node"),
+            "domain": _short_text(value.get("domain", ""), "domain"),
+            "url": _short_text(value.get("url", ""), "url")}
 
 
 def register_message(nonce: bytes, node: str) -> bytes:
@@ -174,6 +240,14 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
         )
     if kind == "ping":
         return Ping()
+    if kind == "name":
+        op = obj.get("op")
+        if op not in NAME_OPS:
+            raise FrameError("bad-frame", "op must be claim, release or lookup")
+        return NameOp(str(op), _name(obj.get("name")), _ref(obj.get("ref")))
+    if kind == "gateway":
+        return Announce(_short_text(obj.get("domain"), "domain"),
+                        _short_text(obj.get("url"), "url"))
     raise FrameError("bad-frame", f"unknown frame type {kind[:32]!r}")
 
 
@@ -202,6 +276,14 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
         return Error(code[:64], message[:512], _ref(obj.get("ref")))
     if kind == "pong":
         return Pong()
+    if kind == "name":
+        owner = obj.get("owner")
+        op = obj.get("op")
+        if op not in NAME_OPS:
+            raise FrameError("bad-frame", "op must be claim, release or lookup")
+        return NameResult(str(op), _name(obj.get("name")),
+                          None if owner is None else _node(owner, "owner"),
+                          _gateway(obj.get("gateway")), _ref(obj.get("ref")))
     raise FrameError("bad-frame", f"unknown frame type {kind[:32]!r}")
 
 
@@ -225,4 +307,11 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
             obj = {"type": "error", "code": code, "message": message, "ref": ref}
         case Pong():
             obj = {"type": "pong"}
+        case NameOp(op, name, ref):
+            obj = {"type": "name", "op": op, "name": name, "ref": ref}
+        case Announce(domain, url):
+            obj = {"type": "gateway", "domain": domain, "url": url}
+        case NameResult(op, name, owner, gateway, ref):
+            obj = {"type": "name", "op": op, "name": name, "owner": owner, "gateway": gateway,
+                   "ref": ref}
     return json.dumps(obj, separators=(",", ":"))

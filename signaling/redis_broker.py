@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -38,6 +39,10 @@ from mesh.identity import NODE_ID_LEN
 from .broker import MAX_SESSIONS, Mailbox, MemoryBroker
 
 log = logging.getLogger("mesh.signal.redis")
+
+
+NAMES_KEY = "mesh:names"
+GATEWAY_KEY = "mesh:gateway"
 
 
 class RedisBroker:
@@ -140,6 +145,37 @@ class RedisBroker:
         except (RedisError, OSError):
             return True  # fail open: the per-connection limit still applies
         return int(count) <= self.rate_per_node
+
+    # -- public names: a hash shared by every instance; first claim wins (HSETNX) --
+    async def claim_name(self, name: str, node: str) -> str:
+        r = self._redis_client()
+        await r.hsetnx(NAMES_KEY, name, node)
+        owner = await r.hget(NAMES_KEY, name)
+        return owner.decode() if isinstance(owner, bytes) else str(owner)
+
+    async def release_name(self, name: str, node: str) -> bool:
+        # compare-and-delete in one step, so a release never removes a new holder's claim
+        done = await self._redis_client().eval(
+            "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+            "return redis.call('HDEL', KEYS[1], ARGV[1]) else return 0 end",
+            1, NAMES_KEY, name, node)
+        return bool(done)
+
+    async def name_owner(self, name: str) -> str | None:
+        owner = await self._redis_client().hget(NAMES_KEY, name)
+        if owner is None:
+            return None
+        return owner.decode() if isinstance(owner, bytes) else str(owner)
+
+    async def set_gateway(self, info: dict[str, str]) -> None:
+        await self._redis_client().set(GATEWAY_KEY, json.dumps(info))
+
+    async def gateway(self) -> dict[str, str] | None:
+        raw = await self._redis_client().get(GATEWAY_KEY)
+        if raw is None:
+            return None
+        info = json.loads(raw)
+        return {str(k): str(v) for k, v in info.items()} if isinstance(info, dict) else None
 
     async def online(self, node: str) -> bool:
         if self._local.has(node):

@@ -62,6 +62,8 @@ class ServerConfig:
     """Shared secret the TURN server(s) verify REST credentials with."""
     turn_ttl: int = 24 * 3600
     """Seconds the handed-out TURN credentials stay valid."""
+    gateways: frozenset[str] = frozenset()
+    """Node ids allowed to announce themselves as the public gateway (``--gateway``)."""
 
     def ice_servers(self, node: str, now: float) -> tuple[dict[str, Any], ...]:
         servers: list[dict[str, Any]] = []
@@ -136,7 +138,8 @@ class SignalServer:
         self._conns = ConnectionCounter(config.max_conns_per_ip)
         self._rewrite = _rewrite
         self._runner: web.AppRunner | None = None
-        self.stats: dict[str, int] = {"routed": 0, "rejected": 0, "registered": 0}
+        self.stats: dict[str, int] = {"routed": 0, "rejected": 0, "registered": 0,
+                                      "gateway_announcements": 0}
         self.rejections: dict[str, int] = {}
         self.extra_metrics: Callable[[], dict[str, float]] | None = None
         self.port = config.port
@@ -317,3 +320,40 @@ class SignalServer:
                     self._reject(session, result, f"node {to[:8]} is not keeping up", ref)
             case p.Ping():
                 session.push(p.encode(p.Pong()))
+            case p.NameOp(op, name, ref):
+                if session.node is None:
+                    self._reject(session, "not-registered", "register first", ref)
+                    return
+                await self._name_op(session, session.node, op, name, ref)
+            case p.Announce(domain, url):
+                if session.node is None or session.node not in self.config.gateways:
+                    self._reject(session, "not-gateway", "this node is not a gateway pinned "
+                                 "by the server's operator (mesh signal --gateway NODE_ID)")
+                    return
+                await self.broker.set_gateway({"node": session.node, "domain": domain,
+                                               "url": url})
+                self.stats["gateway_announcements"] += 1
+
+    async def _name_op(self, session: _Session, node: str, op: str, name: str,
+                       ref: int | None) -> None:
+        try:
+            if op == "claim":
+                owner: str | None = await self.broker.claim_name(name, node)
+                if owner != node:
+                    self._reject(session, "name-taken", f"the name {name!r} belongs to "
+                                 "another node key", ref)
+                    return
+            elif op == "release":
+                if not await self.broker.release_name(name, node):
+                    self._reject(session, "not-owner", f"this node does not hold {name!r}",
+                                 ref)
+                    return
+                owner = None
+            else:
+                owner = await self.broker.name_owner(name)
+            gateway = await self.broker.gateway()
+        except Exception as exc:  # the broker's backend (Redis) failed: tell the client
+            log.warning("name %s %s failed: %s", op, name, exc)
+            self._reject(session, "unavailable", "the name service is unavailable", ref)
+            return
+        session.push(p.encode(p.NameResult(op, name, owner, gateway, ref)))

@@ -69,13 +69,17 @@ def main() -> None:
                 await sock.send_bytes(msg.data)
         return sock
 
+    async def sleep(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "3")))
+        return web.Response(text="slept\n")
+
     async def binary(request: web.Request) -> web.Response:
         return web.Response(body=bytes(range(256)) * 4, content_type="application/octet-stream")
 
     app = web.Application(middlewares=[record], client_max_size=64 * 1024 * 1024)
     app.add_routes([web.get("/hello", hello), web.post("/echo", echo), web.get("/echo", echo),
                     web.put("/echo", echo), web.post("/upload", upload), web.get("/sse", sse),
-                    web.get("/ws", ws), web.get("/bin", binary)])
+                    web.get("/ws", ws), web.get("/bin", binary), web.get("/sleep", sleep)])
 
     async def run() -> None:
         runner = web.AppRunner(app, access_log=None)

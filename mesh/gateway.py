@@ -1,0 +1,433 @@
+"""``mesh gateway``: a public HTTP(S) entry for shares that opted in with ``--public``.
+
+The gateway is a mesh peer with a public address. It accepts HTTP/1.1 from
+anyone (TLS when given a certificate) and routes by Host: ``NAME.DOMAIN`` goes
+to the share published as NAME; ``/s/NAME/...`` works without wildcard DNS
+(the prefix is removed before forwarding).
+
+Finding a share (per name, cached, re-checked every ``recheck`` seconds):
+
+1. ``lookup`` NAME on the signaling tier -> the node key holding it (404 if none);
+2. a sealed ``pubreq`` envelope to that node; a ``--public`` share answers with
+   a sealed ``publish`` carrying its ticket (and ``--public-auth``), but only to
+   the gateway the tier names (pinned by the operator: ``mesh signal --gateway``);
+   any other share answers ``reject`` (404). No answer: 502;
+3. one peer connection per share (connect.py's ``Tunnel``, sharing the
+   gateway's single signaling session), reused by every request and rebuilt by
+   the tunnel itself when it fails.
+
+Each request passes, before the share sees a byte: the parser defences of
+httpproxy.py (431, 400, 408), a per-client-address and a per-share token
+bucket (503), open streams per share (503), the body cap (413), the share's
+``--public-auth`` (401). Then X-Forwarded-For/-Proto/-Host are *set* (an
+internet caller's own copies are not trusted) and the request streams to the
+share, where it appears in the sharer's log and inspector. The gateway
+terminates TLS: it sees every request it forwards (see the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import ssl
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import h11
+
+from signaling import protocol as sp
+from signaling.limits import TokenBucket
+
+from . import events
+from . import ticket as ticket_mod
+from .capture import Exchange, Store
+from .connect import ConnectConfig, Tunnel
+from .envelope import Opener, seal_envelope
+from .errors import ConfigError, EnvelopeError, MeshError, PeerUnreachable
+from .httppolicy import (
+    Headers,
+    Refusal,
+    basic_auth_ok,
+    framing,
+    header,
+    is_upgrade,
+    parse_basic_auth,
+    strip_hop_by_hop,
+)
+from .httpproxy import HttpConfig, HttpSession, Route
+from .identity import Identity, load_or_create
+from .signal_client import SignalClient
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    domain: str
+    """Shares are served as NAME.DOMAIN."""
+    signal_urls: tuple[str, ...]
+    host: str = "0.0.0.0"
+    port: int = 8080
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    public_url: str | None = None
+    """Base URL shares print (default: from --domain, the scheme and the port)."""
+    max_body: int = 10 * 1024 * 1024
+    max_head: int = 16 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    """Seconds a keep-alive connection, or a request body, may stay silent."""
+    share_timeout: float = 30.0
+    """Seconds a share has to start its response (then 504)."""
+    rate_per_share: float = 100.0
+    burst_per_share: float = 200.0
+    rate_per_client: float = 50.0
+    burst_per_client: float = 200.0
+    max_streams_per_share: int = 64
+    resolve_timeout: float = 5.0
+    recheck: float = 30.0
+
+
+@dataclass
+class _Entry:
+    name: str
+    owner: str
+    tunnel: Tunnel
+    auth: tuple[str, str] | None
+    checked: float
+    bucket: TokenBucket
+    streams: int = 0
+
+
+@dataclass
+class _Clients:
+    """Token buckets per client address, bounded (oldest forgotten)."""
+
+    rate: float
+    burst: float
+    limit: int = 10_000
+    buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
+
+    def take(self, addr: str, now: float) -> bool:
+        bucket = self.buckets.pop(addr, None) or TokenBucket(self.rate, self.burst)
+        self.buckets[addr] = bucket
+        while len(self.buckets) > self.limit:
+            self.buckets.popitem(last=False)
+        return bucket.take(now)
+
+
+def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, bytes] | None:
+    """(share name, target to forward) for a request, or None. Pure."""
+    path = target.decode("latin-1")
+    if path.startswith("/s/"):
+        rest = path[3:]
+        name, slash, tail = rest.partition("/")
+        name, qmark, query = name.partition("?")
+        if sp.valid_name(name):
+            forwarded = "/" + (tail if slash else "") + (("?" + query) if qmark else "")
+            return name, forwarded.encode("latin-1")
+    if host is None:
+        return None
+    hostname = host.decode("latin-1").lower().rsplit(":", 1)[0] if not host.startswith(
+        b"[") else ""
+    suffix = "." + domain.lower()
+    if hostname.endswith(suffix):
+        label = hostname[: -len(suffix)]
+        if sp.valid_name(label):
+            return label, target
+    return None
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, *, identity: Identity | None = None,
+                 on_event: events.OnEvent = events.ignore) -> None:
+        self.config = config
+        self.identity = identity or load_or_create()
+        self.on_event = on_event
+        self.url = ""
+        self.port = 0
+        self.store = Store(limit=50, body_cap=0)
+        self._signal: SignalClient | None = None
+        self._server: asyncio.Server | None = None
+        self._opener = Opener(self.identity, frozenset({"publish", "reject"}))
+        self._waiting: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tunnels: set[Tunnel] = set()
+        self._clients = _Clients(config.rate_per_client, config.burst_per_client)
+        self._http = HttpConfig(
+            inspect=None, header_timeout=config.header_timeout,
+            keepalive_timeout=config.idle_timeout, max_head=config.max_head,
+            response_timeout=config.share_timeout, max_body=config.max_body,
+            upstream_timeout=config.resolve_timeout)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def emit(self, event: events.Event) -> None:
+        with contextlib.suppress(Exception):
+            self.on_event(event)
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> str:
+        cfg = self.config
+        if not valid_domain(cfg.domain):
+            raise ConfigError(f"--domain {cfg.domain!r} is not a domain name")
+        context = None
+        if cfg.tls_cert or cfg.tls_key:
+            if not (cfg.tls_cert and cfg.tls_key):
+                raise ConfigError("--tls-cert and --tls-key go together")
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the TLS certificate: {exc}") from exc
+        self._tls = context is not None
+        self._signal = SignalClient(self.identity, list(cfg.signal_urls), self._on_payload,
+                                    lambda state, url: self.emit(events.Signal(state, url)),
+                                    on_registered=self._announce_soon)
+        await self._signal.start()
+        try:
+            self._server = await asyncio.start_server(self._on_client, cfg.host, cfg.port,
+                                                      ssl=context, limit=cfg.max_head * 2)
+        except OSError as exc:
+            await self._signal.close()
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: "
+                              f"{exc.strerror or exc}") from exc
+        self.port = self._server.sockets[0].getsockname()[1]
+        scheme = "https" if context else "http"
+        shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+        self.url = f"{scheme}://{shown}:{self.port}"
+        await self._announce()
+        self.emit(events.GatewayReady(self.url, self.identity.node_id, cfg.domain))
+        return self.url
+
+    def public_base(self) -> str:
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/")
+        scheme = "https" if self._tls else "http"
+        default = 443 if self._tls else 80
+        port = "" if self.port == default else f":{self.port}"
+        return f"{scheme}://{self.config.domain}{port}"
+
+    async def _announce(self) -> None:
+        assert self._signal is not None
+        with contextlib.suppress(MeshError):
+            await self._signal.announce_gateway(self.config.domain, self.public_base())
+
+    def _announce_soon(self) -> None:
+        if self._server is not None:  # a re-registration: announce again
+            task = asyncio.ensure_future(self._announce())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for tunnel in list(self._tunnels):
+            await tunnel.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._signal is not None:
+            await self._signal.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- signaling ----------------------------------------------------------------
+    def _on_payload(self, sender: str, payload: bytes) -> None:
+        with contextlib.suppress(EnvelopeError):
+            env = self._opener.open(payload, sender, time.time())
+            waiting = self._waiting.get(env.session)
+            if waiting is not None and not waiting.done():
+                waiting.set_result((env.kind, env.body))
+        for tunnel in list(self._tunnels):
+            tunnel.on_payload(sender, payload)
+
+    # -- HTTP ---------------------------------------------------------------------
+    async def _on_client(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+
+        async def router(request: h11.Request, headers: Headers) -> Route | Refusal:
+            return await self._route(client, request, headers)
+
+        session = HttpSession(reader, writer, None, config=self._http, router=router,
+                              store=self.store, on_request=self._log, client=client)
+        await session.run()
+
+    def _log(self, ex: Exchange) -> None:
+        self.emit(events.Request(
+            id=ex.id, method=ex.method, path=ex.target, status=ex.status,
+            duration_ms=ex.duration_ms, bytes_in=ex.request_body.size,
+            bytes_out=ex.response_body.size, peer=ex.peer, client=ex.client, state=ex.state,
+            error=ex.error))
+
+    async def _route(self, client: str, request: h11.Request,
+                     headers: Headers) -> Route | Refusal:
+        cfg = self.config
+        now = time.monotonic()
+        if not self._clients.take(client, now):
+            return Refusal(503, "mesh gateway: too many requests from your address; slow "
+                                "down", (("retry-after", "1"),))
+        host = header(headers, b"host")
+        routed = route_name(host, request.target, cfg.domain)
+        if routed is None:
+            return Refusal(404, f"mesh gateway: no share here; use NAME.{cfg.domain} or "
+                                "/s/NAME/")
+        name, target = routed
+        found = await self._resolve(name)
+        if isinstance(found, Refusal):
+            return found
+        entry = found
+        if not entry.tunnel.up:
+            return Refusal(502, f"mesh gateway: the share {name!r} is offline")
+        if not entry.bucket.take(now):
+            return Refusal(503, f"mesh gateway: the share {name!r} is over its request "
+                                "rate; retry shortly", (("retry-after", "1"),))
+        if entry.streams >= cfg.max_streams_per_share:
+            return Refusal(503, f"mesh gateway: the share {name!r} has too many open "
+                                "requests; retry shortly", (("retry-after", "1"),))
+        if entry.auth is not None and not basic_auth_ok(header(headers, b"authorization"),
+                                                        entry.auth):
+            return Refusal(401, "authentication required",
+                           (("www-authenticate", f'Basic realm="{name}", charset="UTF-8"'),))
+        out = strip_hop_by_hop(headers, keep_upgrade=is_upgrade(headers))
+        drop = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
+                b"x-mesh-peer"}
+        if entry.auth is not None:
+            drop.add(b"authorization")
+        out = [(k, v) for k, v in out if k not in drop]
+        out += [(b"x-forwarded-for", client.encode()),
+                (b"x-forwarded-proto", b"https" if self._tls else b"http")]
+        if host is not None:
+            out.append((b"x-forwarded-host", host))
+        out += framing(headers)
+        entry.streams += 1
+        port = entry.tunnel.port
+
+        async def opener() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", port)
+
+        def release() -> None:
+            entry.streams -= 1
+
+        return Route(key=name, opener=opener, target=target, headers=out, release=release)
+
+    async def _resolve(self, name: str) -> _Entry | Refusal:
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            entry = self._entries.get(name)
+            now = time.monotonic()
+            if entry is not None and now - entry.checked < self.config.recheck:
+                return entry
+            assert self._signal is not None
+            try:
+                owner = (await self._signal.name("lookup", name)).owner
+            except MeshError:
+                return Refusal(502, "mesh gateway: lost its signaling server; retry shortly")
+            if entry is not None and entry.owner == owner:
+                entry.checked = now
+                return entry
+            if entry is not None:  # released, or now held by another key
+                await self._forget(entry)
+            if owner is None:
+                return Refusal(404, f"mesh gateway: no share is published as {name!r}")
+            made = await self._connect(name, owner)
+            if isinstance(made, _Entry):
+                self._entries[name] = made
+            return made
+
+    async def _forget(self, entry: _Entry) -> None:
+        self._entries.pop(entry.name, None)
+        self._tunnels.discard(entry.tunnel)
+        await entry.tunnel.close()
+
+    async def _connect(self, name: str, owner: str) -> _Entry | Refusal:
+        cfg = self.config
+        assert self._signal is not None
+        session = secrets.token_hex(12)
+        reply: asyncio.Future[tuple[str, dict[str, Any]]] = (
+            asyncio.get_running_loop().create_future())
+        self._waiting[session] = reply
+        try:
+            blob = seal_envelope(self.identity, owner, "pubreq", session, {"name": name},
+                                 time.time())
+            sent = await self._signal.send(owner, blob)
+            both: set[asyncio.Future[Any]] = {reply, sent}
+            done, _ = await asyncio.wait(both, timeout=cfg.resolve_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if reply not in done and sent in done and sent.exception() is not None:
+                exc = sent.exception()
+                if isinstance(exc, PeerUnreachable):
+                    return Refusal(502, f"mesh gateway: the share {name!r} is offline")
+                return Refusal(502, f"mesh gateway: cannot reach the share {name!r}")
+            if reply not in done:
+                with contextlib.suppress(asyncio.TimeoutError, MeshError):
+                    await asyncio.wait_for(reply, cfg.resolve_timeout)
+            if not reply.done():
+                return Refusal(502, f"mesh gateway: the share {name!r} did not answer")
+        except MeshError:
+            return Refusal(502, f"mesh gateway: cannot reach the share {name!r}")
+        finally:
+            self._waiting.pop(session, None)
+        kind, body = reply.result()
+        if kind != "publish":
+            return Refusal(404, f"mesh gateway: no share is published as {name!r}")
+        try:
+            tk = ticket_mod.decode(str(body.get("ticket", "")), now=time.time())
+            auth_text = body.get("auth")
+            auth = parse_basic_auth(auth_text) if isinstance(auth_text, str) else None
+        except (MeshError, ValueError):
+            return Refusal(502, f"mesh gateway: the share {name!r} sent a bad ticket")
+        if tk.node_id != owner:
+            return Refusal(502, f"mesh gateway: the share {name!r} sent another key's ticket")
+        tunnel = Tunnel(ConnectConfig(
+            ticket=tk, port=0, host="127.0.0.1", signal_urls=cfg.signal_urls,
+            control_socket=False, wait_for_path=cfg.resolve_timeout, use_lan_hints=False,
+        ), identity=self.identity, on_event=self._tunnel_event(name), signal=self._signal)
+        self._tunnels.add(tunnel)
+        try:
+            await tunnel.start()
+        except MeshError as exc:
+            self._tunnels.discard(tunnel)
+            await tunnel.close()
+            return Refusal(502, f"mesh gateway: the share {name!r} did not connect: {exc}")
+        return _Entry(name, owner, tunnel, auth, time.monotonic(),
+                      TokenBucket(cfg.rate_per_share, cfg.burst_per_share))
+
+    def _tunnel_event(self, name: str) -> events.OnEvent:
+        def forward(event: events.Event) -> None:
+            if isinstance(event, events.Connected | events.Disconnected | events.Warning):
+                self.emit(event)
+        return forward
+
+
+def valid_domain(domain: str) -> bool:
+    labels = domain.lower().split(".")
+    return len(domain) <= 200 and all(sp.valid_name(label) for label in labels)
+
+
+def parse_listen(addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        host, port = "0.0.0.0", addr
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"--listen {addr!r}: expected HOST:PORT") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"--listen {addr!r}: port out of range")
+    return host.strip("[]") or "0.0.0.0", number
+
+
+def check_public_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--public-url {url!r} must be http(s)://HOST[:PORT]")
+    return url
