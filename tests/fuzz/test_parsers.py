@@ -82,8 +82,9 @@ def test_envelope_signed_nonsense(inner_text: str) -> None:
 
 
 @fuzz(12_000)
-@given(st.text(max_size=300) | frames_like(["type", "node", "sig", "to", "payload", "ref"],
-                                           ["register", "send", "ping"]))
+@given(st.text(max_size=300) | frames_like(
+    ["type", "node", "sig", "to", "payload", "ref", "op", "name", "domain", "url"],
+    ["register", "send", "ping", "name", "gateway", "claim", "release", "lookup", "hooks"]))
 def test_signaling_client_frames(text: str) -> None:
     CASES["n"] += 1
     with contextlib.suppress(sp.FrameError):
@@ -93,7 +94,8 @@ def test_signaling_client_frames(text: str) -> None:
 @fuzz(8_000)
 @given(st.text(max_size=300) | frames_like(
     ["type", "nonce", "version", "node", "ice_servers", "from", "payload", "code", "message",
-     "ref", "instance"], ["hello", "registered", "deliver", "error", "pong"]))
+     "ref", "instance", "op", "name", "owner", "gateway"],
+    ["hello", "registered", "deliver", "error", "pong", "name", "claim", "lookup", "hooks"]))
 def test_signaling_server_frames(text: str) -> None:
     CASES["n"] += 1
     with contextlib.suppress(sp.FrameError):

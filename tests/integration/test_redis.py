@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -99,3 +102,36 @@ def test_bad_redis_url_is_a_clear_error(mesh: Mesh) -> None:
                    f"redis://127.0.0.1:{port}/0", "--json")
     assert res.returncode == 2 and "cannot reach Redis" in res.stdout
     assert "Traceback" not in res.stderr
+
+
+
+def test_public_names_and_gateway_across_instances(
+        mesh: Mesh, redis_url: str, http_root: tuple[Path, int]) -> None:
+    root, service_port = http_root
+    (root / "hello.txt").write_text("across instances\n")
+    gw_id = node_id(mesh, "gw")
+    _, url_a = mesh.signal("--redis", redis_url, "--gateway", gw_id)
+    _, url_b = mesh.signal("--redis", redis_url, "--gateway", gw_id)
+    gateway = mesh.start("gateway", "--domain", "mesh.test", "--listen", "127.0.0.1:0",
+                         "--signal", url_b, "--json", home="gw")
+    port = int(gateway.event("ready")["url"].rsplit(":", 1)[1])
+    share = mesh.start("share", str(service_port), "--signal", url_a, "--name", "hooks",
+                       "--public", "--no-inspect", "--json", home="owner")
+    # the gateway announced itself on B; the share registered on A sees it
+    assert share.event("public")["url"] == f"http://hooks.mesh.test:{port}/"
+    # the name is held tier-wide: a node on the other instance cannot take it
+    thief = mesh.run("share", str(service_port), "--signal", url_b, "--name", "hooks",
+                     "--public", "--json", home="thief")
+    assert thief.returncode == 7
+    owner = redis.Redis.from_url(redis_url).hget("mesh:names", "hooks")
+    assert owner is not None and owner.decode() == node_id(mesh, "owner")
+    # the gateway (on B) reaches the share (on A)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/hello.txt", headers={"Host": "hooks.mesh.test"})
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b"across instances\n")
+    conn.close()
+
+
+def node_id(mesh: Mesh, home: str) -> str:
+    return str(json.loads(mesh.run("id", "--json", home=home).stdout)["node_id"])
