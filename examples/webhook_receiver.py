@@ -1,7 +1,8 @@
 """A webhook receiver that checks signatures the way payment providers sign them.
 
     python examples/webhook_receiver.py --port 9000 --secret whsec_test
-    mesh share 9000 --name hooks
+    mesh share 9000 --name hooks                                  # peer to peer, or
+    mesh share 9000 --name hooks --public --signal wss://YOUR-SIGNAL/   # via the gateway
 
 The sender puts ``X-Signature: t=<unix time>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
 on each POST (Stripe's scheme). The receiver answers 204 and prints the event as one
