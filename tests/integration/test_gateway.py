@@ -272,3 +272,64 @@ def test_gateway_flags_are_checked(mesh: Mesh) -> None:
                              env=mesh.env())
         assert res.returncode == 2 and text in res.stderr, (args, res.stderr)
         assert "Traceback" not in res.stderr
+
+
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for *.mesh.test (cryptography comes with aiortc)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DOMAIN)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(DOMAIN), x509.DNSName(f"*.{DOMAIN}")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_gateway(mesh: Mesh, service: Service, tmp_path: Path) -> None:  # noqa: F811
+    import ssl
+
+    cert, key = self_signed(tmp_path)
+    gw_id = json.loads(mesh.run("id", "--json", home="gw").stdout)["node_id"]
+    _, url = mesh.signal("--gateway", gw_id)
+    gateway = mesh.start("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0",
+                         "--tls-cert", str(cert), "--tls-key", str(key), "--signal", url,
+                         "--json", home="gw")
+    base = gateway.event("ready")["url"]
+    assert base.startswith("https://")
+    port = int(base.rsplit(":", 1)[1])
+    share = mesh.start("share", str(service.port), "--signal", url, "--name", "secure",
+                       "--public", "--no-inspect", "--json", home="sharer")
+    assert share.event("public")["url"] == f"https://secure.{DOMAIN}:{port}/"
+    context = ssl.create_default_context(cafile=str(cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname=f"secure.{DOMAIN}") as tls:
+        tls.sendall(f"GET /echo HTTP/1.1\r\nHost: secure.{DOMAIN}\r\nConnection: close\r\n\r\n"
+                    .encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
+    # a certificate that does not load is one clear line
+    bad = mesh.run("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--tls-cert",
+                   str(tmp_path / "missing.pem"), "--tls-key", str(key), "--signal", url,
+                   home="gw2")
+    assert bad.returncode == 2 and "TLS certificate" in bad.stderr
