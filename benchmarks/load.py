@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -40,6 +41,12 @@ from signaling import protocol as p  # noqa: E402
 from tests.conftest import Mesh, free_port  # noqa: E402
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -54,6 +61,7 @@ class Node:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.latencies: list[float] = []
         self.received = 0
+        self.errors: dict[str, int] = {}
 
     async def register(self) -> None:
         ws = await self.http.ws_connect(self.url, max_msg_size=0)
@@ -75,6 +83,8 @@ class Node:
                 (sent,) = struct.unpack_from("!d", frame.payload)
                 self.latencies.append(time.perf_counter() - sent)
                 self.received += 1
+            elif isinstance(frame, p.Error):
+                self.errors[frame.code] = self.errors.get(frame.code, 0) + 1
 
 
 async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> dict[str, Any]:
@@ -92,7 +102,11 @@ async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> dic
         reg_s = time.perf_counter() - t0
         await asyncio.sleep(1.0)
         rss = [rss_mb(pid) for pid in pids]
+        # the generator's own full GC pauses would be charged to the server
+        gc.collect()
+        gc.freeze()
         pumps = [asyncio.create_task(n.pump()) for n in nodes]
+        cpu0 = [cpu_s(pid) for pid in [os.getpid(), *pids]]
         # senders and receivers on different instances when there are two
         pad = os.urandom(args.payload)
         total = int(args.rate * args.seconds)
@@ -115,8 +129,14 @@ async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> dic
         while sum(n.received for n in nodes) < total and time.perf_counter() < deadline:
             await asyncio.sleep(0.05)
         done_s = time.perf_counter() - start
+        cpu = [round(cpu_s(pid) - c, 2) for pid, c in zip([os.getpid(), *pids], cpu0,
+                                                           strict=True)]
         received = sum(n.received for n in nodes)
         lat = sorted(x * 1000 for n in nodes for x in n.latencies)
+        errors: dict[str, int] = {}
+        for n in nodes:
+            for code, count in n.errors.items():
+                errors[code] = errors.get(code, 0) + count
         for task in pumps:
             task.cancel()
         for n in nodes:
@@ -134,6 +154,9 @@ async def run(args: argparse.Namespace, urls: list[str], pids: list[int]) -> dic
         "latency_ms_p50": round(statistics.median(lat), 2) if lat else None,
         "latency_ms_p99": round(lat[int(len(lat) * 0.99) - 1], 2) if lat else None,
         "cross_instance": len(urls) > 1,
+        "errors": errors,
+        "cpu_s": {"generator": cpu[0], "instances": cpu[1:]},
+        "wall_s": round(done_s, 2),
     }
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -196,13 +197,19 @@ def _unb64(value: Any, what: str, limit: int) -> bytes:
 
 
 def _node(value: Any, what: str) -> str:
-    if not isinstance(value, str) or len(value) != NODE_ID_LEN:
+    if not isinstance(value, str) or len(value) != NODE_ID_LEN or not _is_node_id(value):
         raise FrameError("bad-frame", f"{what} is not a node id")
+    return value
+
+
+@functools.lru_cache(maxsize=65536)
+def _is_node_id(value: str) -> bool:
+    """Node ids repeat on every frame; decode each distinct one once."""
     try:
         decode_node_id(value)
-    except ValueError as exc:
-        raise FrameError("bad-frame", f"{what} is not a node id") from exc
-    return value
+    except ValueError:
+        return False
+    return True
 
 
 def _load(text: str | bytes) -> dict[str, Any]:

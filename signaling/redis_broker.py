@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -41,8 +42,50 @@ from .broker import MAX_SESSIONS, Mailbox, MemoryBroker
 log = logging.getLogger("mesh.signal.redis")
 
 
+class _Batcher:
+    """Coalesces the hot-path commands (PUBLISH, presence lookups) issued in one event
+    loop turn into one pipeline: one round trip for many envelopes under load, the
+    same single round trip as before when idle."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis
+        self._queue: list[tuple[Callable[[Any], Any], asyncio.Future[Any]]] = []
+        self._scheduled = False
+
+    def call(self, command: Callable[[Any], Any]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((command, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_soon)
+        return fut
+
+    def _flush_soon(self) -> None:
+        task = asyncio.ensure_future(self._flush())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _flush(self) -> None:
+        queue, self._queue, self._scheduled = self._queue, [], False
+        pipe = self._redis.pipeline(transaction=False)
+        for command, _ in queue:
+            command(pipe)
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:
+            results = [exc] * len(queue)
+        for (_, fut), result in zip(queue, results, strict=False):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result if isinstance(result, RedisError | OSError)
+                                  else RedisError(str(result)))
+            else:
+                fut.set_result(result)
+
+
 NAMES_KEY = "mesh:names"
 GATEWAY_KEY = "mesh:gateway"
+RATE_SYNC = 0.1
 
 
 class RedisBroker:
@@ -55,21 +98,33 @@ class RedisBroker:
         self.ttl = ttl
         self.rate_per_node = rate_per_node
         self._local = MemoryBroker(max_sessions)
+        self.max_sessions = max_sessions
         self._redis: aioredis.Redis | None = None
         self._pubsub: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._where: dict[str, tuple[float, list[str]]] = {}
+        self._batch: _Batcher | None = None
+        self._pending_rate: dict[str, int] = {}
+        self._local_rate: dict[str, tuple[int, int]] = {}
+        self._blocked: dict[str, int] = {}
 
     async def start(self) -> None:
         try:
-            self._redis = aioredis.from_url(self.url)
+            # A blocking pool: under a burst, commands wait for a free connection
+            # instead of failing with "Too many connections" (which would read as
+            # "nobody holds this node" and drop the envelope).
+            pool = aioredis.BlockingConnectionPool.from_url(self.url, max_connections=64,
+                                                            timeout=5)
+            self._redis = aioredis.Redis(connection_pool=pool)
+            self._batch = _Batcher(self._redis)
             await self._redis.ping()
         except (RedisError, OSError, ValueError) as exc:
             raise ConnectionError(f"cannot reach Redis at {self.url}: {exc}") from exc
         self._pubsub = self._redis.pubsub()
         await self._pubsub.subscribe(self._channel(self.instance))
         self._tasks = [asyncio.create_task(self._listen()),
-                       asyncio.create_task(self._refresh_loop())]
+                       asyncio.create_task(self._refresh_loop()),
+                       asyncio.create_task(self._sync_rates())]
 
     @staticmethod
     def _channel(instance: str) -> str:
@@ -94,13 +149,22 @@ class RedisBroker:
         if self._local.has(to):
             results.append(await self._local.route(sender, to, payload))
         message = sender.encode() + to.encode() + payload
-        for inst in await self._instances(to):
+        try:
+            instances = await self._instances(to)
+        except (RedisError, OSError) as exc:
+            log.warning("presence lookup failed: %s", exc)
+            return "recipient-busy" if not results else results[0]
+        for inst in instances:
             if inst == self.instance:
                 continue
             try:
-                got = await self._redis_client().publish(self._channel(inst), message)
-            except (RedisError, OSError):
-                got = 0
+                channel = self._channel(inst)
+                got = await self._batcher().call(
+                    lambda pipe, c=channel: pipe.publish(c, message))  # type: ignore[misc]
+            except (RedisError, OSError) as exc:
+                log.warning("publish to %s failed: %s", inst, exc)
+                results.append("recipient-busy")  # Redis trouble is not a dead instance
+                continue
             if got:
                 results.append("ok")
             else:  # nobody listens there: the instance is gone
@@ -110,6 +174,10 @@ class RedisBroker:
         if "ok" in results:
             return "ok"
         return "recipient-busy" if results else "unknown-destination"
+
+    def _batcher(self) -> _Batcher:
+        assert self._batch is not None
+        return self._batch
 
     def _redis_client(self) -> aioredis.Redis:
         assert self._redis is not None
@@ -122,10 +190,8 @@ class RedisBroker:
         cached = self._where.get(node)
         if cached is not None and cached[0] > now:
             return cached[1]
-        try:
-            raw = await self._redis_client().zrangebyscore(self._key(node), now, "+inf")
-        except (RedisError, OSError):
-            return []
+        key = self._key(node)
+        raw = await self._batcher().call(lambda pipe: pipe.zrangebyscore(key, now, "+inf"))
         found = [r.decode() if isinstance(r, bytes) else str(r) for r in raw]
         if len(self._where) > 100_000:
             self._where.clear()
@@ -133,18 +199,54 @@ class RedisBroker:
         return found
 
     async def allow(self, node: str, now: float) -> bool:
-        """Shared per-node frame rate across all instances (fixed one-second window)."""
-        if self._redis is None:
-            return True
-        key = f"mesh:rate:{node}:{int(now)}"
-        try:
-            pipe = self._redis.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, 2)
-            count, _ = await pipe.execute()
-        except (RedisError, OSError):
-            return True  # fail open: the per-connection limit still applies
-        return int(count) <= self.rate_per_node
+        """Per-node frame rate shared by all instances (one-second windows).
+
+        Counted locally at once (a node usually talks to one instance, so this is
+        exact) and added to a shared Redis counter every ``RATE_SYNC`` s; a node over
+        the limit tier-wide is refused for the rest of the window. Redis trouble fails
+        open: the per-connection limit still applies."""
+        window = int(now)
+        if self._blocked.get(node) == window:
+            return False
+        seen_window, seen = self._local_rate.get(node, (window, 0))
+        seen = seen + 1 if seen_window == window else 1
+        self._local_rate[node] = (window, seen)
+        if len(self._local_rate) > 200_000:
+            self._local_rate.clear()
+        if seen > self.rate_per_node:
+            self._blocked[node] = window
+            return False
+        # A node has at most MAX_SESSIONS sessions, so below rate/MAX_SESSIONS frames
+        # per window on every instance it cannot be over the tier-wide limit: only
+        # busier nodes are counted in Redis (the sync stays cheap under many nodes).
+        quiet = self.rate_per_node // self.max_sessions
+        if seen > quiet:
+            self._pending_rate[node] = self._pending_rate.get(node, 0) + (
+                seen if seen == quiet + 1 else 1)
+        return True
+
+    async def _sync_rates(self) -> None:
+        while True:
+            await asyncio.sleep(RATE_SYNC)
+            pending, self._pending_rate = self._pending_rate, {}
+            if not pending or self._redis is None:
+                continue
+            window = int(time.time())
+            nodes = list(pending)
+            try:
+                pipe = self._redis.pipeline(transaction=False)
+                for node in nodes:
+                    key = f"mesh:rate:{node}:{window}"
+                    pipe.incrby(key, pending[node])
+                    pipe.expire(key, 2)
+                results = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.debug("rate sync failed: %s", exc)
+                continue
+            self._blocked = {n: b for n, b in self._blocked.items() if b >= window}
+            for node, total in zip(nodes, results[::2], strict=True):
+                if int(total) > self.rate_per_node:
+                    self._blocked[node] = window
 
     # -- public names: a hash shared by every instance; first claim wins (HSETNX) --
     async def claim_name(self, name: str, node: str) -> str:
@@ -202,7 +304,9 @@ class RedisBroker:
                 await self._redis.aclose()
         await self._local.close()
 
-    async def _announce(self, nodes: list[str]) -> None:
+    async def _announce(self, nodes: list[str], refresh: bool = False) -> None:
+        """Mark ``nodes`` present here until now + ttl. A refresh skips pruning expired
+        members (lookups ignore them by score; the key's own expiry removes them)."""
         if self._redis is None or not nodes:
             return
         expiry = time.time() + self.ttl
@@ -210,7 +314,8 @@ class RedisBroker:
             pipe = self._redis.pipeline(transaction=False)
             for node in nodes:
                 pipe.zadd(self._key(node), {self.instance: expiry})
-                pipe.zremrangebyscore(self._key(node), "-inf", time.time())
+                if not refresh:
+                    pipe.zremrangebyscore(self._key(node), "-inf", time.time())
                 pipe.expire(self._key(node), int(self.ttl * 2) + 1)
             await pipe.execute()
         except (RedisError, OSError) as exc:
@@ -220,8 +325,10 @@ class RedisBroker:
         while True:
             await asyncio.sleep(self.ttl / 3)
             nodes = self._local.nodes()
-            for i in range(0, len(nodes), 1000):
-                await self._announce(nodes[i:i + 1000])
+            # small batches, yielding in between: 10k nodes must not stall routing
+            for i in range(0, len(nodes), 100):
+                await self._announce(nodes[i:i + 100], refresh=True)
+                await asyncio.sleep(0)
 
     async def _listen(self) -> None:
         while True:

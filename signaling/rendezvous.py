@@ -7,10 +7,12 @@ credentials for the external TURN servers (e.g. coturn with
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import secrets
 from dataclasses import dataclass, field, replace
 
+from . import gctune
 from .policy import RelayPolicy
 from .server import ServerConfig, SignalServer
 from .turn import TurnConfig
@@ -55,6 +57,7 @@ class Rendezvous:
         self.config = config
         self.turn: TurnServer | None = None
         self.signal: SignalServer | None = None
+        self._gc: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         cfg = self.config
@@ -90,7 +93,9 @@ class Rendezvous:
         self.signal = SignalServer(sig_cfg, broker, instance=instance)
         self.signal.extra_metrics = self._turn_metrics
         try:
-            return await self.signal.start()
+            url = await self.signal.start()
+            self._gc = asyncio.create_task(gctune.tune())
+            return url
         except BaseException:
             if self.turn:
                 await self.turn.stop()
@@ -108,6 +113,8 @@ class Rendezvous:
         }
 
     async def stop(self) -> None:
+        if self._gc is not None:
+            self._gc.cancel()
         if self.signal:
             await self.signal.stop()
         if self.turn:
