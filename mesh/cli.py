@@ -467,10 +467,13 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--http", "http_mode", is_flag=True,
               help="Parse requests as HTTP and refuse a Host other than this listener "
                    "(421; guards against DNS rebinding from a browser tab).")
+@click.option("--relay-only", is_flag=True,
+              help="Connect only through the TURN relay: the sharer never sees this "
+                   "machine's addresses.")
 @click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
-                http_mode: bool, as_json: bool) -> None:
+                http_mode: bool, relay_only: bool, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from . import ticket as ticket_mod
     from .connect import ConnectConfig, Tunnel, resolve
@@ -488,7 +491,7 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
         config = ConnectConfig(ticket=parsed, port=port, host=bind_host, signal_urls=urls,
                                max_streams=max_streams, idle_timeout=idle_timeout,
                                upgrade_interval=retry_direct, by_name=by_name,
-                               http=http_mode)
+                               http=http_mode, relay_only=relay_only)
         async with Tunnel(config, on_event=out):
             await asyncio.Event().wait()
 

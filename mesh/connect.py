@@ -92,6 +92,9 @@ class ConnectConfig:
     """The ticket was made from a LAN advert (`mesh connect NAME`), not given."""
     http: bool = False
     """Parse local requests as HTTP/1.1 and refuse a foreign Host with 421 (``--http``)."""
+    relay_only: bool = False
+    """Connect only through the TURN relay: the sharer never learns this machine's
+    addresses (``--relay-only``); no direct attempt, no upgrade."""
 
 
 class _Link:
@@ -257,9 +260,12 @@ class Tunnel:
         if not udp_ok:
             self.emit(events.Warning("UDP to the signaling server's STUN port is blocked; "
                                      "relaying over TCP"))
+        if cfg.relay_only and not plan.has_relay:
+            raise ConfigError("--relay-only: the signaling server hands out no TURN relay")
+        first = "relay" if cfg.relay_only else "direct"
         attempts: dict[asyncio.Task[_Link], str] = {
-            asyncio.create_task(self._attempt(plan, "direct", udp_ok)): "direct"}
-        relay_started = not plan.has_relay
+            asyncio.create_task(self._attempt(plan, first, udp_ok)): first}
+        relay_started = not plan.has_relay or cfg.relay_only
         relay_after = cfg.relay_after if udp_ok else 0.0
         failures: list[MeshError] = []
         link: _Link | None = None
@@ -310,7 +316,7 @@ class Tunnel:
             extra={"port": self.port, "name": self.ticket.name, "attempt": attempt},
         ))
         self._spawn(self._keepalive(link))
-        if link.info.path == "relay":
+        if link.info.path == "relay" and not self.config.relay_only:
             self._spawn(self._upgrade(link, plan, udp_ok))
 
     async def _attempt(self, plan: IcePlan, mode: str, udp_ok: bool) -> _Link:

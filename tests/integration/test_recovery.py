@@ -137,3 +137,21 @@ def test_ticket_survives_share_restart_until_rotated(mesh: Mesh, echo: EchoServe
     _, local3 = mesh.connect(ticket3)
     assert echo_roundtrip(local3, 100_000, 6)
     del ticket2
+
+
+def test_relay_only_hides_the_connector_and_moves_bytes(mesh: Mesh, echo: EchoServer) -> None:
+    _sig, url = mesh.signal("--relay-allow", "127.0.0.0/8")
+    share, ticket = mesh.share(echo.port, url)
+    conn = mesh.start("connect", ticket, "--relay-only", "--json")
+    local = int(conn.event("listening")["port"])
+    connected = conn.event("connected")
+    assert connected["path"] == "relay" and connected["local_candidate"] == "relay"
+    # what the sharer sees of the connector is the relay's address, not a host candidate
+    seen = share.event("connected")
+    assert seen["remote_candidate"] == "relay"
+    assert echo_roundtrip(local, 2 * 1024 * 1024, 7)
+    # without a relay on the server, --relay-only is a clear configuration error
+    _sig2, bare = mesh.signal("--no-turn")
+    _, ticket2 = mesh.share(echo.port, bare)
+    res = mesh.run("connect", ticket2, "--relay-only")
+    assert res.returncode == 2 and "no TURN relay" in res.stderr
