@@ -286,7 +286,15 @@ class Gateway:
             return found
         entry = found
         if not entry.tunnel.up:
-            return Refusal(502, f"mesh gateway: the share {name!r} is offline")
+            # the share may be back with another ticket (restarted with --new-ticket):
+            # ask it again rather than keep rebuilding with the old one
+            await self._drop(name, entry)
+            found = await self._resolve(name)
+            if isinstance(found, Refusal):
+                return found
+            entry = found
+            if not entry.tunnel.up:
+                return Refusal(502, f"mesh gateway: the share {name!r} is offline")
         if not entry.bucket.take(now):
             return Refusal(503, f"mesh gateway: the share {name!r} is over its request "
                                 "rate; retry shortly", (("retry-after", "1"),))
@@ -342,6 +350,11 @@ class Gateway:
             if isinstance(made, _Entry):
                 self._entries[name] = made
             return made
+
+    async def _drop(self, name: str, entry: _Entry) -> None:
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            if self._entries.get(name) is entry:
+                await self._forget(entry)
 
     async def _forget(self, entry: _Entry) -> None:
         self._entries.pop(entry.name, None)
