@@ -211,14 +211,17 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetReport:
             async def send_udp(raw: bytes, txid: bytes) -> stun.Message | None:
                 return await udp.ask(raw, txid, addr)
 
-            report["turn_udp"] = await _TurnProbe(user, password).run(send_udp)
+            report["turn_udp"] = (await _TurnProbe(user, password).run(send_udp)
+                                  or await _TurnProbe(user, password).run(send_udp))
         elif "udp" in turn:
             report["turn_udp"] = False
     finally:
         transport.close()
     if "tcp" in turn:
         addr, user, password = turn["tcp"]
-        report["turn_tcp"] = await _turn_tcp(_TurnProbe(user, password), addr)
+        # one retry: a single lost exchange on a busy link is not "TURN over TCP fails"
+        report["turn_tcp"] = (await _turn_tcp(_TurnProbe(user, password), addr)
+                              or await _turn_tcp(_TurnProbe(user, password), addr))
     if not turn:
         report["notes"].append("the signaling server hands out no TURN relay")
     return NetReport(**report)

@@ -25,7 +25,7 @@ def test_netcheck_reports_the_nat(lab_run: Any, nat: str, udp: bool, mapping: st
     assert report["udp"] is udp
     assert report["mapping"] == mapping
     assert report["turn_udp"] is turn_udp
-    assert report["turn_tcp"] is True
+    assert report["turn_tcp"] is True, report
     assert report["signal_rtt_ms"] is not None
     if udp:
         public = "198.18.1.2" if nat == "none" else "198.18.1.1"
