@@ -71,16 +71,35 @@ class TurnServer:
         self._timer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # UDP and TCP share one port number. With port 0 the kernel picks a free UDP
+        # port, whose number may be taken on TCP (an ephemeral connection): try again.
+        wanted = self.port
+        for attempt in range(20):
+            try:
+                await self._bind(wanted)
+                break
+            except OSError:
+                await self._unbind()
+                if wanted != 0 or attempt == 19:
+                    raise
+        self._timer = asyncio.create_task(self._tick())
+
+    async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         _, self._udp = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, self.port))
+            lambda: _Udp(self), local_addr=(self.host, port))
         assert self._udp.transport is not None
         self.port = self._udp.transport.get_extra_info("sockname")[1]
         with contextlib.suppress(OSError):
             _, self._alt = await loop.create_datagram_endpoint(
                 lambda: _Udp(self, "udp-alt"), local_addr=(self.host, self.port + 1))
         self._tcp = await asyncio.start_server(self._on_tcp, self.host, self.port)
-        self._timer = asyncio.create_task(self._tick())
+
+    async def _unbind(self) -> None:
+        for proto in (self._udp, self._alt):
+            if proto and proto.transport:
+                proto.transport.close()
+        self._udp = self._alt = None
 
     async def stop(self) -> None:
         if self._timer:
