@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import struct
 import subprocess
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from mesh.identity import Identity  # noqa: E402
 from signaling import protocol as p  # noqa: E402
-from tests.conftest import Mesh, free_port  # noqa: E402
+from tests.conftest import Mesh, free_port, wait_port  # noqa: E402
 
 
 def cpu_s(pid: int) -> float:
@@ -185,12 +184,7 @@ def main() -> None:
             redis_proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1",
                                            "--save", "", "--appendonly", "no"],
                                           stdout=subprocess.DEVNULL)
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_port(port)
             extra += ["--redis", f"redis://127.0.0.1:{port}/0"]
         procs = [mesh.signal(*extra) for _ in range(args.instances)]
         result = asyncio.run(run(args, [u for _, u in procs], [pr.p.pid for pr, _ in procs]))

@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Mesh, free_port  # noqa: E402  (the harness the tests use)
+from tests.conftest import Mesh, free_port, wait_port  # noqa: E402  (the tests' harness)
 
 
 # -- local services ------------------------------------------------------------------
@@ -247,13 +247,7 @@ def ssh_path(tmp: Path) -> PathKind:
     os.makedirs("/run/sshd", exist_ok=True)
     daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(port)
     clients: list[subprocess.Popen[bytes]] = []
 
     def open_(target: int) -> Opened:

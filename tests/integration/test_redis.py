@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from mesh.identity import load_or_create
-from tests.conftest import EchoServer, Mesh, free_port, require_tool
+from tests.conftest import EchoServer, Mesh, free_port, require_tool, wait_port
 from tests.integration.test_recovery import wait_state
 from tests.integration.test_tunnel import echo_roundtrip
 
@@ -26,13 +25,7 @@ def redis_url(tmp_path: object) -> Iterator[str]:
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--protected-mode", "yes"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_port(port)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(5)
