@@ -20,65 +20,19 @@ The gateway's per-client and per-share rate limits are raised for the run
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import http.client
 import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.run import http_latency, http_rps, pct  # noqa: E402
 from tests.conftest import Mesh  # noqa: E402
-
-
-def latencies(port: int, host: str, n: int) -> list[float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    out = []
-    for _ in range(20):  # warm-up
-        conn.request("GET", "/hello", headers={"Host": host})
-        conn.getresponse().read()
-    for _ in range(n):
-        t0 = time.perf_counter()
-        conn.request("GET", "/hello", headers={"Host": host})
-        resp = conn.getresponse()
-        resp.read()
-        out.append((time.perf_counter() - t0) * 1000)
-        if resp.status != 200:
-            raise RuntimeError(f"status {resp.status}")
-    conn.close()
-    return out
-
-
-def throughput(port: int, host: str, clients: int, seconds: float) -> float:
-    stop = time.monotonic() + seconds
-
-    def client(_: int) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        done = 0
-        while time.monotonic() < stop:
-            conn.request("GET", "/hello", headers={"Host": host})
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status == 200:
-                done += 1
-        conn.close()
-        return done
-
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        total = sum(pool.map(client, range(clients)))
-    return total / (time.monotonic() - t0)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -109,17 +63,11 @@ def main() -> None:
         share.event("public")
         _, local = mesh.connect(ticket)
         host = "bench.mesh.test"
-        lat = {
-            "direct": latencies(service_port, f"127.0.0.1:{service_port}", args.requests),
-            "mesh connect": latencies(local, f"127.0.0.1:{local}", args.requests),
-            "gateway": latencies(gw_port, host, args.requests),
-        }
-        rps = {
-            "direct": throughput(service_port, f"127.0.0.1:{service_port}", args.clients,
-                                 args.seconds),
-            "mesh connect": throughput(local, f"127.0.0.1:{local}", args.clients, args.seconds),
-            "gateway": throughput(gw_port, host, args.clients, args.seconds),
-        }
+        ports = {"direct": (service_port, None), "mesh connect": (local, None),
+                 "gateway": (gw_port, host)}
+        lat = {name: http_latency(port, args.requests, h) for name, (port, h) in ports.items()}
+        rps = {name: http_rps(port, args.clients, args.seconds, h)
+               for name, (port, h) in ports.items()}
     finally:
         mesh.close()
         service.terminate()

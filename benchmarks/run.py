@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import Mesh, free_port, wait_port  # noqa: E402  (the tests' harness)
+from tests.conftest import EchoServer, Mesh, free_port, wait_port  # noqa: E402
 
 
 # -- local services ------------------------------------------------------------------
@@ -83,33 +83,6 @@ class Source:
                     conn.sendall(self.block[:n])
                     left -= n
             except (OSError, ValueError, IndexError):
-                pass
-
-
-class Echo:
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(2048)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
-        with conn:
-            try:
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
                 pass
 
 
@@ -297,12 +270,13 @@ def rss_kb(pid: int, field_name: str = "VmRSS") -> int:
     return 0
 
 
-def http_latency(port: int, n: int) -> list[float]:
+def http_latency(port: int, n: int, host: str | None = None) -> list[float]:
+    """``n`` sequential GET /hello on one keep-alive connection (after 20 warm-ups), ms."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     out = []
     for i in range(n + 20):
         t0 = time.perf_counter()
-        conn.request("GET", "/hello", headers={"Host": f"127.0.0.1:{port}"})
+        conn.request("GET", "/hello", headers={"Host": host or f"127.0.0.1:{port}"})
         resp = conn.getresponse()
         resp.read()
         if resp.status != 200:
@@ -313,14 +287,16 @@ def http_latency(port: int, n: int) -> list[float]:
     return out
 
 
-def http_rps(port: int, clients: int = 8, seconds: float = 3.0) -> float:
+def http_rps(port: int, clients: int = 8, seconds: float = 3.0,
+             host: str | None = None) -> float:
+    """GET /hello answered 200 per second, ``clients`` keep-alive clients at once."""
     stop = time.monotonic() + seconds
 
     def client(_: int) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         done = 0
         while time.monotonic() < stop:
-            conn.request("GET", "/hello", headers={"Host": f"127.0.0.1:{port}"})
+            conn.request("GET", "/hello", headers={"Host": host or f"127.0.0.1:{port}"})
             resp = conn.getresponse()
             resp.read()
             done += resp.status == 200
@@ -436,7 +412,7 @@ def main() -> None:
     size = args.size_mb * 1024 * 1024
     tmp = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
     mesh = Mesh(tmp)
-    src, echo = Source(size), Echo()
+    src, echo = Source(size), EchoServer()
     web = subprocess.Popen([sys.executable, str(ROOT / "tests/integration/httpservice.py"),
                             str(tmp / "http.jsonl")], stdout=subprocess.PIPE, text=True)
     assert web.stdout is not None
@@ -472,6 +448,7 @@ def main() -> None:
             kind.close_all()
         mesh.close()
         web.terminate()
+        echo.close()
         shutil.rmtree(tmp, ignore_errors=True)
     paths = results["paths"]
     floor, ceiling = paths.get("aiortc", {}), paths.get("direct", {})

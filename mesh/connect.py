@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ from .errors import (
     ProtocolError,
     Refused,
 )
-from .httpproxy import HttpConfig, HttpSession
+from .httpproxy import HttpConfig, HttpSession, pipe_pair
 from .identity import Identity, load_or_create
 from .peer import IcePlan, PathInfo, ice_plan, make_pc, path_info, udp_reachable, wait_connected
 from .share import share_tag
@@ -505,9 +504,7 @@ class Tunnel:
 
     async def _open_pipe(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A local socket pair whose far end is tunnelled like an accepted connection."""
-        ours, theirs = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=ours)
-        far_reader, far_writer = await asyncio.open_connection(sock=theirs)
+        (reader, writer), (far_reader, far_writer) = await pipe_pair()
         self._spawn(self._tunnel(far_reader, far_writer))
         return reader, writer
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -133,6 +134,14 @@ class _Upstream:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def pipe_pair() -> tuple[Conn, Conn]:
+    """Two connected in-process stream ends (a Unix socket pair): HTTP mode puts the
+    proxy on one end and the tunnel stream on the other."""
+    ours, theirs = socket.socketpair()
+    return (await asyncio.open_connection(sock=ours),
+            await asyncio.open_connection(sock=theirs))
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes | None) -> None:

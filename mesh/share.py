@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from .errors import (
     ProtocolError,
 )
 from .httppolicy import ShareHttpPolicy
-from .httpproxy import HttpConfig, HttpSession, replay
+from .httpproxy import HttpConfig, HttpSession, pipe_pair, replay
 from .identity import Identity, load_or_create, mesh_home
 from .inspector import Inspector
 from .peer import ice_plan, make_pc, path_info, udp_reachable, wait_connected
@@ -252,8 +251,7 @@ class _Peer:
             await self.bridge_http(stream, cfg.http)
             return
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(cfg.host, cfg.port), cfg.dial_timeout)
+            reader, writer = await self.share.dial_service()
         except (TimeoutError, OSError) as exc:
             reason = ("service refused the connection" if isinstance(exc, ConnectionRefusedError)
                       else f"service unreachable: {getattr(exc, 'strerror', None) or 'timeout'}")
@@ -267,9 +265,7 @@ class _Peer:
         """HTTP mode: the tunnelled bytes go through an in-process HTTP proxy
         (httpproxy.py) over a socket pair; the proxy dials the service itself."""
         share = self.share
-        ours, theirs = socket.socketpair()
-        reader, writer = await asyncio.open_connection(sock=ours)
-        proxy_reader, proxy_writer = await asyncio.open_connection(sock=theirs)
+        (reader, writer), (proxy_reader, proxy_writer) = await pipe_pair()
         client = self.state.path.get("remote_addr") or path_info(self.pc).remote_addr
         session = HttpSession(
             proxy_reader, proxy_writer, share.dial_service, config=http, policy=share.http_policy,
