@@ -128,3 +128,44 @@ def test_public_names_and_gateway_across_instances(
 
 def node_id(mesh: Mesh, home: str) -> str:
     return str(json.loads(mesh.run("id", "--json", home=home).stdout)["node_id"])
+
+
+def test_a_burst_of_envelopes_is_routed_not_dropped(redis_url: str) -> None:
+    """400 envelopes routed at once between two brokers. With a Redis round trip per
+    envelope the burst exhausted redis-py's pool, and the broker read the error as
+    "nobody holds this node" (unknown-destination) for most of them."""
+    import asyncio
+
+    from mesh.identity import Identity
+    from signaling.redis_broker import RedisBroker
+
+    class Box:
+        def __init__(self) -> None:
+            self.got = 0
+
+        def deliver(self, sender: str, payload: bytes) -> bool:
+            self.got += 1
+            return True
+
+        def replaced(self) -> None:
+            pass
+
+    async def run() -> tuple[dict[str, int], int]:
+        a, b = RedisBroker(redis_url, "a"), RedisBroker(redis_url, "b")
+        await a.start()
+        await b.start()
+        nodes = [Identity.generate().node_id for _ in range(400)]
+        boxes = [Box() for _ in nodes]
+        for node, box in zip(nodes, boxes, strict=True):
+            await b.attach(node, box)
+        results = await asyncio.gather(*(a.route(nodes[0], n, b"x" * 1000) for n in nodes))
+        await asyncio.sleep(0.5)
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[r] = counts.get(r, 0) + 1
+        await a.close()
+        await b.close()
+        return counts, sum(box.got for box in boxes)
+
+    counts, delivered = asyncio.run(run())
+    assert counts == {"ok": 400} and delivered == 400, counts
