@@ -7,6 +7,11 @@ Paths, all on 127.0.0.1, each forwarding to the same local services:
 - ``direct``: no tunnel (the ceiling);
 - ``mesh``: `mesh connect` -> `mesh share` on the direct path;
 - ``mesh-relay``: the same through the embedded TURN relay (``--relay-only``);
+  its per-allocation quota (``--relay-bandwidth``) raised out of the way;
+- ``mesh-1189``, ``mesh-relay-1189``: the same two with path MTU discovery off
+  (``MESH_PLPMTUD=off``): 1189-byte SCTP packets, what aiortc sends and what a
+  path through the internet mostly carries. On loopback PLPMTUD finds 16 KiB
+  packets; the ``SCTP packet B`` column says which size a path used;
 - ``aiortc``: a stock aiortc data channel per connection, no tuning
   (benchmarks/floor.py; the floor);
 - ``ssh -R``: OpenSSH remote forwarding through a throwaway sshd on loopback
@@ -144,23 +149,35 @@ class PathKind:
     close_all: Callable[[], None] = lambda: None
     skipped: str | None = None
     extra_pids: Callable[[], list[int]] = field(default=lambda: [])
+    packet_bytes: Callable[[], int | None] = field(default=lambda: None)
+    """The largest SCTP packet the path used (mesh: what PLPMTUD settled on)."""
 
 
-def mesh_path(mesh: Mesh, relay: bool) -> PathKind:
-    _, url = mesh.signal("--relay-allow", "127.0.0.0/8")
+def mesh_path(mesh: Mesh, relay: bool, base_size: bool = False) -> PathKind:
+    # the relay's per-allocation quota (--relay-bandwidth, 16 MiB/s by default) is
+    # raised so the benchmark measures the data plane rather than the quota
+    _, url = mesh.signal("--relay-allow", "127.0.0.0/8", "--relay-bandwidth", str(10**10))
+    env = {"MESH_PLPMTUD": "off"} if base_size else {}
+    packets: list[int] = []
 
     def open_(target: int) -> Opened:
-        share, ticket = mesh.share(target, url, "--no-lan")
+        share = mesh.start("share", str(target), "--signal", url, "--json", "--no-lan", **env)
+        ticket = str(share.event("ready")["ticket"])
         t0 = time.perf_counter()
-        conn = mesh.start("connect", ticket, "--json", *(["--relay-only"] if relay else []))
+        conn = mesh.start("connect", ticket, "--json", *(["--relay-only"] if relay else []),
+                          **env)
         port = int(conn.event("listening")["port"])
         connected = conn.event("connected", timeout=60)
         if relay and connected["path"] != "relay":
             raise RuntimeError("expected the relay path")
+        if not base_size:
+            packets.append(int(conn.event("path_mtu", timeout=10)["packet"]))
         return Opened(port, [share.p.pid, conn.p.pid], float(connected["connect_ms"]), t0,
                       lambda: (conn.stop(), share.stop()))
 
-    return PathKind("mesh-relay" if relay else "mesh", open_)
+    name = "mesh-relay" if relay else "mesh"
+    return PathKind(name + ("-1189" if base_size else ""), open_,
+                    packet_bytes=lambda: packets[-1] if packets else 1189)
 
 
 def floor_path() -> PathKind:
@@ -195,7 +212,7 @@ def floor_path() -> PathKind:
             if p.poll() is None:
                 p.kill()
 
-    return PathKind("aiortc", open_, close_all)
+    return PathKind("aiortc", open_, close_all, packet_bytes=lambda: 1189)
 
 
 def ssh_path(tmp: Path) -> PathKind:
@@ -390,6 +407,8 @@ def measure(kind: PathKind, services: dict[str, int], args: argparse.Namespace,
         for s in socks:
             s.close()
         every = [p for o in opened for p in o.pids] + kind.extra_pids()
+        if kind.packet_bytes() is not None:
+            res["packet_bytes"] = kind.packet_bytes()
         res["peak_rss_mb"] = round(max([rss_kb(p, "VmHWM") for p in every] or [0]) / 1024, 1)
     finally:
         for o in opened:
@@ -404,7 +423,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--streams", type=int, default=1000)
-    ap.add_argument("--paths", default="direct,mesh,mesh-relay,aiortc,ssh -R")
+    ap.add_argument("--paths", default="direct,mesh,mesh-relay,mesh-1189,mesh-relay-1189,"
+                    "aiortc,ssh -R")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -430,6 +450,8 @@ def main() -> None:
             "direct": lambda: PathKind("direct", lambda t: Opened(t, [])),
             "mesh": lambda: mesh_path(mesh, relay=False),
             "mesh-relay": lambda: mesh_path(mesh, relay=True),
+            "mesh-1189": lambda: mesh_path(mesh, relay=False, base_size=True),
+            "mesh-relay-1189": lambda: mesh_path(mesh, relay=True, base_size=True),
             "aiortc": floor_path,
             "ssh -R": lambda: ssh_path(tmp),
         }
@@ -472,7 +494,8 @@ def main() -> None:
             ("HTTP p99 ms", "http_p99_ms"), ("req/s", "http_rps"),
             ("offer->open ms", "offer_to_open_ms"), ("cmd->1st byte s", "command_to_first_byte_s"),
             (f"{args.streams} streams exact", "streams_exact"),
-            ("RSS w/ streams MB", "streams_rss_mb"), ("largest peak RSS MB", "peak_rss_mb")]
+            ("RSS w/ streams MB", "streams_rss_mb"), ("largest peak RSS MB", "peak_rss_mb"),
+            ("SCTP packet B", "packet_bytes")]
     lines = [f"{args.size_mb} MB downloads, median of {args.repeat}; {args.requests} GETs; "
              f"{args.streams} echo streams held open. Floor: stock aiortc; ceiling: direct.",
              "", "| path | " + " | ".join(c for c, _ in cols) + " |",

@@ -42,6 +42,7 @@ from .errors import (
     ProtocolError,
     Refused,
 )
+from .fastpath import watch_packet_size
 from .httpproxy import HttpConfig, HttpSession, pipe_pair
 from .identity import Identity, load_or_create
 from .peer import IcePlan, PathInfo, ice_plan, make_pc, path_info, udp_reachable, wait_connected
@@ -314,6 +315,8 @@ class Tunnel:
             rtt_ms=link.rtt_ms, connect_ms=(time.monotonic() - t0) * 1000,
             extra={"port": self.port, "name": self.ticket.name, "attempt": attempt},
         ))
+        watch_packet_size(link.pc, lambda size: self.emit(
+            events.PathMtu(self.ticket.node_id, size)))
         self._spawn(self._keepalive(link))
         if link.info.path == "relay" and not self.config.relay_only:
             self._spawn(self._upgrade(link, plan, udp_ok))

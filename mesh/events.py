@@ -90,6 +90,19 @@ class Connected(Event):
 
 
 @dataclass(frozen=True)
+class PathMtu(Event):
+    """Path MTU discovery settled on a packet size for a peer connection."""
+
+    event: ClassVar[str] = "path_mtu"
+    peer: str
+    packet: int
+    """The largest SCTP packet now sent to this peer, in bytes."""
+
+    def human(self) -> str:
+        return f"packets to {self.peer[:8]} now up to {self.packet} bytes (path MTU discovery)"
+
+
+@dataclass(frozen=True)
 class Disconnected(Event):
     event: ClassVar[str] = "disconnected"
     peer: str

@@ -30,6 +30,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
 from .errors import ConnectError
+from .fastpath import TunedPeerConnection
 
 _stock_get_host_addresses = aioice.ice.get_host_addresses
 
@@ -99,10 +100,10 @@ def make_pc(plan: IcePlan, mode: str = "any", udp_ok: bool = True) -> RTCPeerCon
     stun = plan.stun if udp_ok else None
     if mode == "relay":
         servers = [turn] if turn else []
-        return RTCPeerConnection(configuration=RTCConfiguration(
+        return TunedPeerConnection(configuration=RTCConfiguration(
             iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY))
     chosen = (stun,) if mode == "direct" else (stun, turn)
-    return RTCPeerConnection(configuration=RTCConfiguration(
+    return TunedPeerConnection(configuration=RTCConfiguration(
         iceServers=[x for x in chosen if x is not None]))
 
 

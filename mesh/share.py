@@ -39,6 +39,7 @@ from .errors import (
     NameTaken,
     ProtocolError,
 )
+from .fastpath import watch_packet_size
 from .httppolicy import ShareHttpPolicy
 from .httpproxy import HttpConfig, HttpSession, pipe_pair, replay
 from .identity import Identity, load_or_create, mesh_home
@@ -244,6 +245,8 @@ class _Peer:
             remote_candidate=info.remote_type, remote_addr=info.remote_addr,
             rtt_ms=self.state.rtt_ms, connect_ms=(time.monotonic() - self.state.started) * 1000,
         ))
+        watch_packet_size(self.pc, lambda size: self.share.emit(
+            events.PathMtu(self.state.node, size)))
 
     async def bridge(self, stream: Stream) -> None:
         cfg = self.share.config
