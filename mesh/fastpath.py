@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +57,8 @@ from aiortc.rtcsctptransport import (
 from aiortc.utils import uint32_gt, uint32_gte
 from OpenSSL import SSL
 
+from signaling import turn_server
+
 from . import plpmtud
 
 log = logging.getLogger("mesh.fastpath")
@@ -68,9 +69,6 @@ MAX_BURST = 8
 RECEIVE_WINDOW = 4 * 1024 * 1024
 BLACK_HOLE_T3 = 2
 """Consecutive retransmission timeouts at a probed size that count as a black hole."""
-
-_IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER = 10, 23  # Linux <netinet/in.h>
-_PMTUDISC_DONT, _PMTUDISC_DO = 0, 2
 
 
 def plpmtud_enabled() -> bool:
@@ -107,27 +105,23 @@ def watch_packet_size(pc: RTCPeerConnection, report: Callable[[int], None]) -> N
 
 
 def set_dont_fragment(connection: Any, on: bool) -> bool:
-    """Set (or clear) DF on the UDP sockets of an aioice connection. False if none could be."""
-    if not sys.platform.startswith("linux"):
-        return False
+    """Set (or clear) DF on the UDP sockets of an aioice connection.
+
+    False if there is no socket where a probe would measure the path unfragmented.
+    """
     done = False
     for protocol in list(getattr(connection, "_protocols", [])):
         transport = getattr(protocol, "transport", None)
         inner = getattr(transport, "_TurnTransport__inner_protocol", None)
-        if inner is not None:
+        if inner is not None:  # a relay candidate: the socket to the TURN server
             transport = getattr(inner, "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None or sock.type != socket.SOCK_DGRAM:
+        if sock is None:
             continue
-        value = _PMTUDISC_DO if on else _PMTUDISC_DONT
-        try:
-            if sock.family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, value)
-            else:
-                sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, value)
+        if sock.type == socket.SOCK_STREAM:
+            done = True  # TURN over TCP: a stream to the server, whose relay sets DF
+        elif turn_server.set_dont_fragment(sock, on):
             done = True
-        except OSError:
-            continue
     return done
 
 

@@ -106,11 +106,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr = terminalreporter
     tr.section("NAT lab: connect time and path per pair")
     tr.write_line(f"| {'sharer':16} | {'connector':16} | {'path':6} | {'candidates':16} | "
-                  f"{'connect ms':>10} | {'5 MB echo s':>11} |")
-    tr.write_line(f"|{'-' * 18}|{'-' * 18}|{'-' * 8}|{'-' * 18}|{'-' * 12}|{'-' * 13}|")
+                  f"{'connect ms':>10} | {'5 MB echo s':>11} | {'packet B':>8} |")
+    tr.write_line(f"|{'-' * 18}|{'-' * 18}|{'-' * 8}|{'-' * 18}|{'-' * 12}|{'-' * 13}|"
+                  f"{'-' * 10}|")
     for r in RESULTS:
         tr.write_line(f"| {r['a']:16} | {r['b']:16} | {r['path']:6} | {r['cands']:16} | "
-                      f"{r['connect_ms']:>10.0f} | {r['seconds']:>11.2f} |")
+                      f"{r['connect_ms']:>10.0f} | {r['seconds']:>11.2f} | "
+                      f"{r.get('mtu', '-'):>8} |")
     out = Path(os.environ.get("MESH_NATLAB_TABLE", "")) if os.environ.get(
         "MESH_NATLAB_TABLE") else None
     if out:

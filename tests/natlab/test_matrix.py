@@ -1,4 +1,10 @@
-"""Every pair of NAT types connects, moves 5 MB byte-exact, and takes the expected path."""
+"""Every pair of NAT types connects, moves 5 MB byte-exact, and takes the expected path.
+
+Path MTU discovery runs on every pair: the lab's links are Ethernet-sized (MTU 1500)
+and probes travel with DF set, relayed ones too, so both sides must settle on the
+1400-byte candidate, never on a size that only fragmentation would carry. The one
+exception is two TCP-only sides: both legs are TCP streams and the relay hop stays
+inside the server's host, so 16 KiB packets really get through unfragmented."""
 
 from __future__ import annotations
 
@@ -36,7 +42,8 @@ def test_pair_connects(lab_run: Any, nat_a: str, nat_b: str) -> None:
     conn.event("listening", timeout=30)
     connected = conn.event("connected", timeout=40)
     result = run.client(b.host_ns, 9000, 5 * 1024 * 1024)
-    RESULTS.append({"a": nat_a, "b": nat_b, "path": connected["path"],
+    mtu = conn.event("path_mtu", timeout=20)["packet"]
+    RESULTS.append({"mtu": mtu, "a": nat_a, "b": nat_b, "path": connected["path"],
                     "cands": f"{connected['local_candidate']}/{connected['remote_candidate']}",
                     "connect_ms": connected["connect_ms"], "seconds": result["seconds"]})
     assert result["ok"], result
@@ -45,6 +52,9 @@ def test_pair_connects(lab_run: Any, nat_a: str, nat_b: str) -> None:
         assert connected["path"] == want, connected
     shared = share.event("connected", timeout=10)  # the sharer reports the same path
     assert shared["path"] == connected["path"] and shared["rtt_ms"] is not None, shared
+    want_mtu = 16384 if nat_a == nat_b == "udp-blocked" else 1400
+    assert mtu == want_mtu, conn.events
+    assert share.event("path_mtu", timeout=20)["packet"] == want_mtu, share.events
     if nat_b == "udp-blocked":
         warnings = [e["message"] for e in conn.events if e["event"] == "warning"]
         assert any("over TCP" in w for w in warnings), conn.events
