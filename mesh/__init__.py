@@ -13,10 +13,31 @@ Python API::
 See README.md; pytest fixtures are in ``mesh.pytest_plugin``.
 """
 
-from .api import connect, share
-from .connect import ConnectConfig, Tunnel
-from .errors import MeshError
-from .share import Share, ShareConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import connect, share
+    from .connect import ConnectConfig, Tunnel
+    from .errors import MeshError
+    from .share import Share, ShareConfig
+
+# Loaded on first use, so `mesh connect` does not pay for the sharer's modules
+# (aiohttp.web among them) at start-up.
+_LAZY = {"connect": "api", "share": "api", "ConnectConfig": "connect", "Tunnel": "connect",
+         "MeshError": "errors", "Share": "share", "ShareConfig": "share"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["ConnectConfig", "MeshError", "Share", "ShareConfig", "Tunnel", "connect", "share"]
 __version__ = "0.1.0"

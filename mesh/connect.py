@@ -46,9 +46,8 @@ from .fastpath import watch_packet_size
 from .httpproxy import HttpConfig, HttpSession, pipe_pair
 from .identity import Identity, load_or_create
 from .peer import IcePlan, PathInfo, ice_plan, make_pc, path_info, udp_reachable, wait_connected
-from .share import share_tag
 from .signal_client import SignalClient
-from .ticket import Ticket
+from .ticket import Ticket, share_tag
 from .tunnel import Counters, Stream
 
 log = logging.getLogger("mesh.connect")

@@ -46,7 +46,7 @@ from .identity import Identity, load_or_create, mesh_home
 from .inspector import Inspector
 from .peer import ice_plan, make_pc, path_info, udp_reachable, wait_connected
 from .signal_client import SignalClient
-from .ticket import Ticket, new_secret
+from .ticket import Ticket, new_secret, share_tag
 from .tunnel import Counters, Stream
 
 if TYPE_CHECKING:
@@ -621,11 +621,6 @@ def public_urls(gateway: dict[str, str], name: str) -> tuple[str, str]:
     port = f":{parts.port}" if parts.port else ""
     host_url = f"{parts.scheme or 'https'}://{name}.{gateway.get('domain', '')}{port}/"
     return host_url, f"{base}/s/{name}/"
-
-
-def share_tag(name: str) -> str:
-    """Names one share among the processes that use one node key."""
-    return hashlib.sha256(b"mesh-share-tag\n" + name.encode()).hexdigest()[:16]
 
 
 def share_secret(name: str, rotate: bool = False) -> bytes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import secrets
 import struct
 from dataclasses import dataclass, field
@@ -166,3 +167,8 @@ def _unpack(raw: bytes) -> Ticket:
         elif ftype in (_T_NAME, _T_URL, _T_HINT):
             raise TicketError("ticket field is out of bounds")
     return Ticket(node_id, bytes(secret), expires, name, tuple(urls), tuple(hints))
+
+
+def share_tag(name: str) -> str:
+    """Names one share among the processes that use one node key (sent to signaling)."""
+    return hashlib.sha256(b"mesh-share-tag\n" + name.encode()).hexdigest()[:16]

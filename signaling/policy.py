@@ -58,8 +58,18 @@ class RelayPolicy:
 
     def __init__(self, allow: Iterable[str] = ()) -> None:
         self.allow: list[Network] = [ipaddress.ip_network(c, strict=False) for c in allow]
+        self._seen: dict[str, bool] = {}
 
     def permitted(self, host: str) -> bool:
+        # asked for every relayed datagram: remember the answers (bounded)
+        known = self._seen.get(host)
+        if known is None:
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            known = self._seen[host] = self._decide(host)
+        return known
+
+    def _decide(self, host: str) -> bool:
         try:
             ip: IPAddress = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
