@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -121,6 +122,7 @@ def set_dont_fragment(connection: Any, on: bool) -> bool:
         if sock.type == socket.SOCK_STREAM:
             done = True  # TURN over TCP: a stream to the server, whose relay sets DF
         elif turn_server.set_dont_fragment(sock, on):
+            turn_server.enlarge_buffers(sock)  # 16 KiB datagrams come in bursts
             done = True
     return done
 
@@ -173,9 +175,37 @@ class TunedDtlsTransport(RTCDtlsTransport):
         except SSL.Error:
             return
         if data:
-            await self.transport._send(data)
+            if not _send_now(self.transport._connection, data):
+                await self.transport._send(data)
             self._RTCDtlsTransport__tx_bytes += len(data)
             self._RTCDtlsTransport__tx_packets += 1
+
+
+def _send_now(connection: Any, data: bytes) -> bool:
+    """Hand a datagram to the selected pair's socket without aioice's coroutine chain.
+
+    Direct pairs go straight to the UDP transport; relayed ones are framed as
+    ChannelData on the bound channel exactly as aioice would, which otherwise
+    spawns a task per datagram. False (the caller takes aioice's path) whenever
+    aioice has something to do first: no pair yet, a channel to bind or refresh.
+    """
+    pair = connection._nominated.get(1)
+    if pair is None:
+        return False
+    transport = pair.protocol.transport
+    inner = getattr(transport, "_TurnTransport__inner_protocol", None)
+    if inner is None:
+        transport.sendto(data, pair.remote_addr)
+        return True
+    addr = pair.remote_addr
+    channel = inner.peer_to_channel.get(addr)
+    if (channel is None or addr in inner.peer_connect_waiters
+            or transport._TurnTransport__close_task is not None
+            or inner.transport.is_closing()
+            or time.time() > inner.channel_refresh_at.get(channel, 0)):
+        return False
+    inner._send(struct.pack("!HH", channel, len(data)) + data)
+    return True
 
 
 class TunedSctpTransport(RTCSctpTransport):

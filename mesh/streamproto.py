@@ -9,10 +9,17 @@ JSON objects with a ``t`` field::
     {"t": "error", "reason": S} the connection failed or was reset; abort it
 
 Flow control is credit-based, like HTTP/2 windows: each side may have at most
-``WINDOW`` unacknowledged bytes in flight, and grants more as it writes bytes
-to its local socket. This bounds memory on both sides whatever the transfer
-size or how slowly the local application reads. A peer that sends beyond its
-credit breaks the protocol and the stream is reset.
+its window of unacknowledged bytes in flight, and grants more as it writes
+bytes to its local socket. This bounds memory on both sides whatever the
+transfer size or how slowly the local application reads. A peer that sends
+beyond its credit breaks the protocol and the stream is reset.
+
+Windows start at ``WINDOW`` and tune themselves, as QUIC and HTTP/2
+implementations do: a receiver whose grants follow each other within
+``AUTOTUNE_INTERVAL`` (its application keeps up and the window, not the
+reader, is what paces the sender) doubles its window, up to ``MAX_WINDOW``,
+as long as the peer-wide ``WindowBudget`` has room; the growth is simply
+granted as extra credit, so the wire format does not change.
 
 Sans-I/O: ``Flow`` does the accounting; the asyncio bridge lives in tunnel.py.
 """
@@ -25,6 +32,10 @@ from dataclasses import dataclass
 from .errors import ProtocolError
 
 WINDOW = 256 * 1024
+MAX_WINDOW = 4 * 1024 * 1024
+AUTOTUNE_INTERVAL = 0.05
+BUDGET = 64 * 1024 * 1024
+"""Window growth allowed across all the streams of one peer connection."""
 CHUNK = 32 * 1024
 MAX_CONTROL = 1024
 
@@ -91,24 +102,46 @@ def parse(text: str) -> Control:
     raise ProtocolError("unknown stream control message")
 
 
+class WindowBudget:
+    """Receive-window growth shared by the streams of one peer connection."""
+
+    def __init__(self, total: int = BUDGET) -> None:
+        self.left = total
+
+    def take(self, n: int) -> bool:
+        if n > self.left:
+            return False
+        self.left -= n
+        return True
+
+    def give(self, n: int) -> None:
+        self.left += n
+
+
 class Flow:
     """Credit accounting for one stream, both directions."""
 
-    def __init__(self, window: int = WINDOW) -> None:
+    def __init__(self, window: int = WINDOW, max_window: int | None = None,
+                 budget: WindowBudget | None = None) -> None:
         self.window = window
+        """Our receive window: the most bytes the peer may have in flight to us."""
+        self.initial = window
+        self.max_window = max(window, max_window or window)
+        self.budget = budget
         self.send_credit = window
         """Bytes we may still send before the peer grants more."""
         self._recv_allowed = window
         """Bytes the peer may still send us."""
         self._consumed = 0
         """Bytes written locally since the last grant."""
+        self._last_grant: float | None = None
 
     def sent(self, n: int) -> None:
         self.send_credit -= n
 
     def granted(self, n: int) -> None:
         self.send_credit += n
-        if self.send_credit > 4 * self.window:
+        if self.send_credit > 4 * self.max_window:
             raise ProtocolError("peer granted more credit than a window")
 
     def received(self, n: int) -> None:
@@ -117,11 +150,29 @@ class Flow:
         if self._recv_allowed < 0:
             raise ProtocolError("peer sent beyond its flow-control credit")
 
-    def consumed(self, n: int) -> int:
-        """``n`` bytes left our buffers; returns the credit to grant now (0: none yet)."""
+    def consumed(self, n: int, now: float | None = None) -> int:
+        """``n`` bytes left our buffers; returns the credit to grant now (0: none yet).
+
+        ``now`` (a monotonic clock) enables window tuning; without it the window stays.
+        """
         self._consumed += n
-        if self._consumed >= self.window // 4:
-            grant, self._consumed = self._consumed, 0
-            self._recv_allowed += grant
-            return grant
-        return 0
+        if self._consumed < self.window // 4:
+            return 0
+        grant, self._consumed = self._consumed, 0
+        if (now is not None and self._last_grant is not None
+                and now - self._last_grant < AUTOTUNE_INTERVAL
+                and self.window < self.max_window):
+            extra = min(self.window, self.max_window - self.window)
+            if self.budget is None or self.budget.take(extra):
+                self.window += extra
+                grant += extra
+        if now is not None:
+            self._last_grant = now
+        self._recv_allowed += grant
+        return grant
+
+    def close(self) -> None:
+        """The stream ended: return its window growth to the budget."""
+        if self.budget is not None:
+            self.budget.give(self.window - self.initial)
+            self.window = self.initial

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiortc import RTCDataChannel
 from aiortc.exceptions import InvalidStateError
@@ -44,6 +44,8 @@ class Counters:
     """Bytes sent to the peer (read from local sockets)."""
     streams_open: int = 0
     streams_total: int = 0
+    window_budget: sp.WindowBudget = field(default_factory=sp.WindowBudget)
+    """Receive-window growth shared by the peer's streams (streamproto.py)."""
 
 
 _FIN = object()
@@ -58,7 +60,7 @@ class Stream:
         self.idle_timeout = idle_timeout
         self.last_activity = time.monotonic()
         self.counters = counters
-        self.flow = sp.Flow()
+        self.flow = sp.Flow(max_window=sp.MAX_WINDOW, budget=counters.window_budget)
         self.opened = asyncio.Event()
         self.reset_reason: str | None = None
         self._inbox: asyncio.Queue[bytes | object] = asyncio.Queue()
@@ -164,6 +166,7 @@ class Stream:
             for task in (up, down, reset):
                 task.cancel()
             self.counters.streams_open -= 1
+            self.flow.close()
             if self.reset_reason is not None:
                 writer.transport.abort()
             else:
@@ -212,6 +215,6 @@ class Stream:
                 self._abort("connection reset", send=True)
                 return
             self.counters.bytes_in += len(item)
-            grant = self.flow.consumed(len(item))
+            grant = self.flow.consumed(len(item), time.monotonic())
             if grant:
                 self._send_ctl(sp.Credit(grant))

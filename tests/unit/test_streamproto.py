@@ -71,3 +71,46 @@ def test_flow_conserves_credit(chunks: list[int]) -> None:
         if grant:
             snd.granted(grant)
         assert 0 <= snd.send_credit <= 64
+
+
+def test_window_grows_when_grants_come_fast_and_stays_for_a_slow_reader() -> None:
+    fast = sp.Flow(window=100, max_window=800)
+    t = 0.0
+    windows = []
+    for _ in range(8):
+        n = fast.window // 4
+        fast.received(n)
+        grant = fast.consumed(n, now=t)  # a quarter window, every 10 ms
+        assert grant >= n
+        windows.append(fast.window)
+        t += 0.01
+    assert windows[0] == 100 and windows[-1] == 800  # doubled up to the cap, no further
+    slow = sp.Flow(window=100, max_window=800)
+    for i in range(8):
+        slow.received(25)
+        slow.consumed(25, now=i * 1.0)  # one grant a second: the reader paces the sender
+    assert slow.window == 100
+
+
+def test_window_growth_is_granted_as_credit_and_bounded_by_the_budget() -> None:
+    budget = sp.WindowBudget(total=300)
+    a = sp.Flow(window=100, max_window=1000, budget=budget)
+    b = sp.Flow(window=100, max_window=1000, budget=budget)
+    sender = sp.Flow(window=100, max_window=1000)
+    for i in range(6):
+        n = a.window // 4
+        sender.sent(n)
+        a.received(n)
+        sender.granted(a.consumed(n, now=i * 0.01))
+    assert a.window == 400 and budget.left == 0
+    # the sender may now have the whole grown window in flight, and the receiver accepts it
+    assert sender.send_credit == a.window
+    a.received(sender.send_credit)
+    with pytest.raises(ProtocolError):
+        a.received(1)
+    for i in range(4):  # the budget is spent: b cannot grow
+        b.received(25)
+        b.consumed(25, now=i * 0.01)
+    assert b.window == 100
+    a.close()
+    assert budget.left == 300 and a.window == 100
