@@ -84,8 +84,25 @@ class TunedPeerConnection(RTCPeerConnection):
         tune(self.sctp)
 
 
+def _supported() -> bool:
+    import aioice
+    import aiortc
+
+    ok = aiortc.__version__.startswith("1.16.") and aioice.__version__.startswith("0.13.")
+    if not ok:
+        log.warning("aiortc %s / aioice %s: data plane tuning is written for aiortc 1.16 "
+                    "and aioice 0.13; using them as shipped", aiortc.__version__,
+                    aioice.__version__)
+    return ok
+
+
+SUPPORTED = _supported()
+
+
 def tune(sctp: RTCSctpTransport) -> None:
     """Turn a fresh (not yet started) aiortc SCTP transport into the tuned one."""
+    if not SUPPORTED:
+        return
     dtls = sctp.transport
     if type(dtls) is RTCDtlsTransport:
         dtls.__class__ = TunedDtlsTransport
