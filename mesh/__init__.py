@@ -16,6 +16,8 @@ See README.md; pytest fixtures are in ``mesh.pytest_plugin``.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,8 +28,8 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so `mesh connect` does not pay for the sharer's modules
 # (aiohttp.web among them) at start-up.
-_LAZY = {"connect": "api", "share": "api", "ConnectConfig": "connect", "Tunnel": "connect",
-         "MeshError": "errors", "Share": "share", "ShareConfig": "share"}
+_LAZY = {"ConnectConfig": "connect", "Tunnel": "connect", "MeshError": "errors",
+         "Share": "share", "ShareConfig": "share"}
 
 
 def __getattr__(name: str) -> Any:
@@ -38,6 +40,34 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
+class _Package(types.ModuleType):
+    """``mesh.share`` and ``mesh.connect`` stay the API functions once the submodules
+    of the same names load (the import system then binds the submodule on the
+    package; the setter keeps the function)."""
+
+    @property
+    def share(self) -> Any:
+        from .api import share
+
+        return share
+
+    @share.setter
+    def share(self, _submodule: Any) -> None:
+        pass
+
+    @property
+    def connect(self) -> Any:
+        from .api import connect
+
+        return connect
+
+    @connect.setter
+    def connect(self, _submodule: Any) -> None:
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = ["ConnectConfig", "MeshError", "Share", "ShareConfig", "Tunnel", "connect", "share"]
 __version__ = "0.1.0"
