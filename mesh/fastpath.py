@@ -291,6 +291,8 @@ class TunedSctpTransport(RTCSctpTransport):
                 if search.at_top:
                     return
                 await asyncio.sleep(plpmtud.RAISE_INTERVAL)
+                # DF may have been cleared by a black hole meanwhile
+                set_dont_fragment(connection, True)
                 search.restart()
                 continue
             size, info = probe
