@@ -36,7 +36,7 @@ MAX_WINDOW = 4 * 1024 * 1024
 AUTOTUNE_INTERVAL = 0.05
 BUDGET = 64 * 1024 * 1024
 """Window growth allowed across all the streams of one peer connection."""
-CHUNK = 32 * 1024
+CHUNK = 64 * 1024
 MAX_CONTROL = 1024
 
 
