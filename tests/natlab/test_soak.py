@@ -73,5 +73,6 @@ def test_soak_short(lab_run: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 600 s of streaming does not fit the suite's 600 s default
 def test_soak_ten_minutes(lab_run: Any) -> None:
     soak(lab_run, 600)
