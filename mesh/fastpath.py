@@ -43,7 +43,6 @@ from typing import Any
 
 from aiortc import RTCPeerConnection
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcsctptransport import (
     SCTP_DATA_FIRST_FRAG,
     SCTP_DATA_LAST_FRAG,
@@ -58,7 +57,7 @@ from aiortc.rtcsctptransport import (
 from aiortc.utils import uint32_gt, uint32_gte
 from OpenSSL import SSL
 
-from signaling import turn_server
+from signaling import sockopt
 
 from . import plpmtud
 
@@ -122,26 +121,39 @@ def watch_packet_size(pc: RTCPeerConnection, report: Callable[[int], None]) -> N
     sctp.on("packetsize", report)
 
 
-def set_dont_fragment(connection: Any, on: bool) -> bool:
-    """Set (or clear) DF on the UDP sockets of an aioice connection.
-
-    False if there is no socket where a probe would measure the path unfragmented.
-    """
-    done = False
+def _sockets(connection: Any) -> list[socket.socket]:
+    """The OS sockets under an aioice connection (for a relay candidate: the one to the
+    TURN server)."""
+    found = []
     for protocol in list(getattr(connection, "_protocols", [])):
         transport = getattr(protocol, "transport", None)
         inner = getattr(transport, "_TurnTransport__inner_protocol", None)
-        if inner is not None:  # a relay candidate: the socket to the TURN server
+        if inner is not None:
             transport = getattr(inner, "transport", None)
         sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is None:
-            continue
+        if sock is not None:
+            found.append(sock)
+    return found
+
+
+def prepare_for_probes(connection: Any) -> bool:
+    """DF and large buffers on the connection's UDP sockets.
+
+    False if there is no socket where a probe would measure the path unfragmented.
+    """
+    ready = False
+    for sock in _sockets(connection):
         if sock.type == socket.SOCK_STREAM:
-            done = True  # TURN over TCP: a stream to the server, whose relay sets DF
-        elif turn_server.set_dont_fragment(sock, on):
-            turn_server.enlarge_buffers(sock)  # 16 KiB datagrams come in bursts
-            done = True
-    return done
+            ready = True  # TURN over TCP: a stream to the server, whose relay sets DF
+        elif sockopt.prepare_datagram_socket(sock):
+            ready = True
+    return ready
+
+
+def allow_fragments(connection: Any) -> None:
+    """Clear DF: chunks already cut at a size the path lost may go out in IP fragments."""
+    for sock in _sockets(connection):
+        sockopt.set_dont_fragment(sock, False)
 
 
 class TunedDtlsTransport(RTCDtlsTransport):
@@ -179,12 +191,6 @@ class TunedDtlsTransport(RTCDtlsTransport):
         await self._write_ssl()
         if plain and self._data_receiver:
             await self._data_receiver._handle_data(plain)
-
-    async def _send_data(self, data: bytes) -> None:
-        if self._state != DtlsState.CONNECTED:
-            raise ConnectionError("Cannot send encrypted data, not connected")
-        self._ssl.send(data)
-        await self._write_ssl()
 
     async def _write_ssl(self) -> None:
         try:
@@ -279,37 +285,39 @@ class TunedSctpTransport(RTCSctpTransport):
         log.info("SCTP packets now up to %d bytes", size)
         self.emit("packetsize", size)
 
-    async def _mesh_discover(self) -> None:
+    async def _mesh_discover(self, delay: float = 0.0) -> None:
+        """Search for the packet size after ``delay``, and again every ``RAISE_INTERVAL``
+        until it is at the top."""
         search = self._mesh_search
         assert search is not None
         connection = self.transport.transport._connection
-        if not set_dont_fragment(connection, True):
-            return  # without DF a probe would only show that fragments get through
-        while self._association_state == self.State.ESTABLISHED:
-            probe = search.probe()
-            if probe is None:
-                if search.at_top:
-                    return
-                await asyncio.sleep(plpmtud.RAISE_INTERVAL)
-                # DF may have been cleared by a black hole meanwhile
-                set_dont_fragment(connection, True)
+        established = self.State.ESTABLISHED
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
                 search.restart()
-                continue
-            size, info = probe
-            waiter: asyncio.Future[bytes] = self._loop.create_future()
-            self._mesh_probe = (info, waiter)
-            try:
-                await self.transport._send_data(plpmtud.probe_packet(
-                    self._local_port, self._remote_port, self._remote_verification_tag,
-                    size, info))
-                await asyncio.wait_for(waiter, plpmtud.PROBE_TIMEOUT)
-            except (TimeoutError, ConnectionError, SSL.Error):
-                search.timed_out()
-                continue
-            finally:
-                self._mesh_probe = None
-            if search.acked(info):
-                self._mesh_use(search.current)
+            delay = plpmtud.RAISE_INTERVAL
+            # DF (again: a black hole clears it)
+            if not prepare_for_probes(connection):
+                return  # without DF a probe would only show that fragments get through
+            while self._association_state == established and (probe := search.probe()):
+                size, info = probe
+                waiter: asyncio.Future[bytes] = self._loop.create_future()
+                self._mesh_probe = (info, waiter)
+                try:
+                    await self.transport._send_data(plpmtud.probe_packet(
+                        self._local_port, self._remote_port, self._remote_verification_tag,
+                        size, info))
+                    await asyncio.wait_for(waiter, plpmtud.PROBE_TIMEOUT)
+                except (TimeoutError, ConnectionError, SSL.Error):
+                    search.timed_out()
+                    continue
+                finally:
+                    self._mesh_probe = None
+                if search.acked(info):
+                    self._mesh_use(search.current)
+            if search.at_top or self._association_state != established:
+                return
 
     def _mesh_black_hole(self) -> None:
         if self._mesh_search is None or not self._mesh_search.black_hole():
@@ -317,16 +325,9 @@ class TunedSctpTransport(RTCSctpTransport):
         log.info("no data acknowledged at %d-byte packets: back to %d",
                  self._mesh_packet, plpmtud.BASE)
         self._mesh_use(plpmtud.BASE)
-        # chunks already cut at the larger size may now go out in IP fragments
-        set_dont_fragment(self.transport.transport._connection, False)
+        allow_fragments(self.transport.transport._connection)
         if self._mesh_task is None or self._mesh_task.done():
-            self._mesh_task = asyncio.ensure_future(self._mesh_rediscover())
-
-    async def _mesh_rediscover(self) -> None:
-        await asyncio.sleep(plpmtud.RAISE_INTERVAL)
-        if self._mesh_search is not None:
-            self._mesh_search.restart()
-            await self._mesh_discover()
+            self._mesh_task = asyncio.ensure_future(self._mesh_discover(plpmtud.RAISE_INTERVAL))
 
     async def _receive_chunk(self, chunk: Any) -> None:
         if type(chunk) is HeartbeatAckChunk and self._mesh_probe is not None:

@@ -4,7 +4,7 @@ Listens on UDP and TCP ``port`` (default 3478) and, for NAT mapping tests
 (``mesh netcheck``), answers STUN Binding on UDP ``port + 1`` too. Each
 allocation gets a UDP relay socket on ``relay_host``. One periodic timer
 expires allocations, permissions and channels. Relayed datagrams leave with
-DF set (``set_dont_fragment``), so a datagram too large for a leg is dropped
+DF set (sockopt.py), so a datagram too large for a leg is dropped
 rather than fragmented: a peer's path MTU probe through the relay then
 measures the whole path.
 """
@@ -16,46 +16,14 @@ import contextlib
 import itertools
 import logging
 import socket
-import sys
 import time
 from typing import Any, cast
 
-from . import stun
+from . import sockopt, stun
 from .policy import RelayPolicy
 from .turn import ClientKey, Output, Release, ToClient, ToPeer, TurnConfig, TurnCore
 
 log = logging.getLogger("mesh.turn")
-
-_IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER = 10, 23  # Linux <netinet/in.h>
-_PMTUDISC_DONT, _PMTUDISC_DO = 0, 2
-
-
-SOCKET_BUFFER = 4 * 1024 * 1024
-
-
-def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
-    """Ask for large UDP socket buffers (the kernel caps them at net.core.rmem_max/wmem_max):
-    bursts of 16 KiB datagrams overflow the ~200 KiB default and every drop halves a
-    sender's congestion window."""
-    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, size)
-
-
-def set_dont_fragment(sock: socket.socket, on: bool = True) -> bool:
-    """Set (or clear) DF on a UDP socket; False where the platform cannot."""
-    if not sys.platform.startswith("linux") or sock.type != socket.SOCK_DGRAM:
-        return False
-    value = _PMTUDISC_DO if on else _PMTUDISC_DONT
-    try:
-        if sock.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, value)
-        else:
-            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, value)
-    except OSError:
-        return False
-    return True
-
 
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: TurnServer, name: str = "udp") -> None:
@@ -124,8 +92,7 @@ class TurnServer:
             lambda: _Udp(self), local_addr=(self.host, port))
         assert self._udp.transport is not None
         self.port = self._udp.transport.get_extra_info("sockname")[1]
-        set_dont_fragment(self._udp.transport.get_extra_info("socket"))
-        enlarge_buffers(self._udp.transport.get_extra_info("socket"))
+        sockopt.prepare_datagram_socket(self._udp.transport.get_extra_info("socket"))
         with contextlib.suppress(OSError):
             _, self._alt = await loop.create_datagram_endpoint(
                 lambda: _Udp(self, "udp-alt"), local_addr=(self.host, self.port + 1))
@@ -163,8 +130,7 @@ class TurnServer:
             sock.close()
             return None
         sock.setblocking(False)
-        set_dont_fragment(sock)
-        enlarge_buffers(sock)
+        sockopt.prepare_datagram_socket(sock)
         port = int(sock.getsockname()[1])
         self._pending_relays[port] = sock
         asyncio.get_running_loop().create_task(self._open_relay(port, sock))
