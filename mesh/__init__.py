@@ -41,30 +41,23 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _api_function(name: str) -> property:
+    """``mesh.NAME`` is ``mesh.api.NAME`` even once the submodule ``mesh.NAME`` loads:
+    the import system then binds the submodule on the package, and the setter keeps
+    the function."""
+
+    def get(_package: types.ModuleType) -> Any:
+        return getattr(importlib.import_module(".api", __name__), name)
+
+    def keep(_package: types.ModuleType, _submodule: Any) -> None:
+        pass
+
+    return property(get, keep)
+
+
 class _Package(types.ModuleType):
-    """``mesh.share`` and ``mesh.connect`` stay the API functions once the submodules
-    of the same names load (the import system then binds the submodule on the
-    package; the setter keeps the function)."""
-
-    @property
-    def share(self) -> Any:
-        from .api import share
-
-        return share
-
-    @share.setter
-    def share(self, _submodule: Any) -> None:
-        pass
-
-    @property
-    def connect(self) -> Any:
-        from .api import connect
-
-        return connect
-
-    @connect.setter
-    def connect(self, _submodule: Any) -> None:
-        pass
+    share = _api_function("share")
+    connect = _api_function("connect")
 
 
 sys.modules[__name__].__class__ = _Package
