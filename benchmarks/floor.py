@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-import mesh.peer  # noqa: F401  (only for the loopback ICE address switch)
+import mesh.transport.peer  # noqa: F401  (only for the loopback ICE address switch)
 
 HIGH = 1 << 20
 LOW = 256 << 10

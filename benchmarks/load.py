@@ -35,8 +35,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mesh.identity import Identity  # noqa: E402
-from signaling import protocol as p  # noqa: E402
+from mesh.proto import frames as p  # noqa: E402
+from mesh.proto.identity import Identity  # noqa: E402
 from tests.conftest import Mesh, free_port, wait_port  # noqa: E402
 
 

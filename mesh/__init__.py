@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .api import connect, share
-    from .connect import ConnectConfig, Tunnel
     from .errors import MeshError
-    from .share import Share, ShareConfig
+    from .node.connect import ConnectConfig, Tunnel
+    from .node.share import Share, ShareConfig
 
 # Loaded on first use, so `mesh connect` does not pay for the sharer's modules
 # (aiohttp.web among them) at start-up.
-_LAZY = {"ConnectConfig": "connect", "Tunnel": "connect", "MeshError": "errors",
-         "Share": "share", "ShareConfig": "share"}
+_LAZY = {"ConnectConfig": "node.connect", "Tunnel": "node.connect", "MeshError": "errors",
+         "Share": "node.share", "ShareConfig": "node.share"}
 
 
 def __getattr__(name: str) -> Any:

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from . import events
-from .connect import ConnectConfig, Tunnel, resolve
-from .identity import Identity
-from .share import Share, ShareConfig
+from mesh.node import events
+from mesh.node.connect import ConnectConfig, Tunnel, resolve
+from mesh.node.share import Share, ShareConfig
+from mesh.proto.identity import Identity
 
 
 def _urls(signal: str | Sequence[str] | None) -> tuple[str, ...]:

@@ -23,7 +23,8 @@ from typing import Any
 
 import click
 
-from . import events
+from mesh.node import events
+
 from .errors import ConfigError, MeshError
 
 
@@ -170,7 +171,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
                 ipaddress.ip_address(public_ip)
             except ValueError:
                 raise ConfigError(f"--public-ip {public_ip!r} is not an IP address") from None
-        from .identity import decode_node_id
+        from mesh.proto.identity import decode_node_id
 
         for key in gateways:
             try:
@@ -277,9 +278,9 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
               host_header: str | None, public: bool, public_auth: str | None,
               as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
-    from .httppolicy import parse_basic_auth
-    from .identity import decode_node_id
-    from .share import Share, ShareConfig
+    from mesh.http.policy import parse_basic_auth
+    from mesh.node.share import Share, ShareConfig
+    from mesh.proto.identity import decode_node_id
 
     out = _Output(as_json)
     try:
@@ -305,7 +306,7 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
             except ValueError as exc:
                 raise ConfigError(str(exc).replace("--basic-auth", "--public-auth")) from None
         if public:
-            from signaling.protocol import valid_name
+            from mesh.proto.frames import valid_name
 
             if not name:
                 raise ConfigError("--public needs --name NAME (the NAME in NAME.DOMAIN)")
@@ -334,9 +335,9 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
 
 def _http_config(http_mode: bool, inspect_addr: str, no_inspect: bool,
                  basic_auth: str | None, host_header: str | None) -> Any:
-    from .httppolicy import parse_basic_auth
-    from .httpproxy import HttpConfig
-    from .inspector import parse_addr
+    from mesh.http.inspector import parse_addr
+    from mesh.http.policy import parse_basic_auth
+    from mesh.http.proxy import HttpConfig
 
     if not http_mode:
         given = [flag for flag, on in (("--basic-auth", basic_auth is not None),
@@ -388,7 +389,13 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
                 rate_per_share: float, rate_per_client: float, burst: float,
                 max_streams_per_share: int, share_timeout: float, as_json: bool) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
-    from .gateway import Gateway, GatewayConfig, check_public_url, parse_listen, valid_domain
+    from mesh.node.gateway import (
+        Gateway,
+        GatewayConfig,
+        check_public_url,
+        parse_listen,
+        valid_domain,
+    )
 
     out = _Output(as_json)
     try:
@@ -423,15 +430,15 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Give up a public name this machine's key holds."""
-    from .identity import load_or_create
-    from .signal_client import SignalClient
+    from mesh.node.signal_client import SignalClient
+    from mesh.proto.identity import load_or_create
 
     out = _Output(as_json)
     try:
         urls = _signal_urls(signal_urls)
         if not urls:
             raise ConfigError("pass --signal URL (or set MESH_SIGNAL)")
-        from signaling.protocol import valid_name
+        from mesh.proto.frames import valid_name
 
         if not valid_name(name):
             raise ConfigError(f"{name!r} is not a public name (one lower-case DNS label)")
@@ -475,8 +482,8 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
                 max_streams: int, idle_timeout: float, retry_direct: float,
                 http_mode: bool, relay_only: bool, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
-    from . import ticket as ticket_mod
-    from .connect import ConnectConfig, Tunnel, resolve
+    from mesh.node.connect import ConnectConfig, Tunnel, resolve
+    from mesh.proto import ticket as ticket_mod
 
     out = _Output(as_json)
     try:
@@ -506,8 +513,8 @@ def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Report what this network allows: public address, NAT type, UDP, TURN, latency."""
     from dataclasses import asdict
 
-    from .identity import load_or_create
-    from .netcheck import netcheck
+    from mesh.node.netcheck import netcheck
+    from mesh.proto.identity import load_or_create
 
     out = _Output(as_json)
     try:
@@ -531,7 +538,7 @@ def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per share.")
 def ls_cmd(timeout: float, as_json: bool) -> None:
     """List the shares visible on this network (mDNS)."""
-    from .discovery import browse
+    from mesh.node.discovery import browse
 
     out = _Output(as_json)
 
@@ -557,7 +564,7 @@ def ls_cmd(timeout: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per running process.")
 def status_cmd(as_json: bool) -> None:
     """Show every running share and connect on this machine."""
-    from .control import query_all
+    from mesh.node.status import query_all
 
     procs = asyncio.run(query_all())
     if as_json:
@@ -588,7 +595,7 @@ def status_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def id_cmd(as_json: bool) -> None:
     """Print this machine's node id (creating the key on first use)."""
-    from .identity import load_or_create, mesh_home
+    from mesh.proto.identity import load_or_create, mesh_home
 
     try:
         ident = load_or_create()

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .connect import Tunnel
+from mesh.node.connect import Tunnel
 
 try:
     import pytest_asyncio

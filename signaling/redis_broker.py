@@ -35,7 +35,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from mesh.identity import NODE_ID_LEN
+from mesh.proto.identity import NODE_ID_LEN
 
 from .broker import MAX_SESSIONS, Mailbox, MemoryBroker
 

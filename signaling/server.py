@@ -24,11 +24,11 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from mesh.identity import verify
+from mesh.proto import frames as p
+from mesh.proto.identity import verify
+from mesh.proto.limits import ConnectionCounter, TokenBucket
 
-from . import protocol as p
 from .broker import Broker, MemoryBroker
-from .limits import ConnectionCounter, TokenBucket
 from .turn import rest_credentials
 
 log = logging.getLogger("mesh.signal")

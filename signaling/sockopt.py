@@ -1,7 +1,7 @@
 """UDP socket options for datagrams that carry SCTP packets sized by path MTU discovery.
 
 Owns two settings, shared by the TURN relay (turn_server.py) and the peers'
-ICE sockets (mesh/fastpath.py):
+ICE sockets (mesh/transport/fastpath.py):
 
 - DF (Linux ``IP_MTU_DISCOVER`` / ``IPV6_MTU_DISCOVER`` = ``PMTUDISC_DO``): a
   datagram too large for a link is dropped, never fragmented, so a probe that

@@ -28,9 +28,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from signaling.limits import TokenBucket
+from mesh.proto import stun as s
+from mesh.proto.limits import TokenBucket
 
-from . import stun as s
 from .policy import RelayPolicy
 
 log = logging.getLogger("mesh.turn")

@@ -19,7 +19,9 @@ import socket
 import time
 from typing import Any, cast
 
-from . import sockopt, stun
+from mesh.proto import stun
+
+from . import sockopt
 from .policy import RelayPolicy
 from .turn import ClientKey, Output, Release, ToClient, ToPeer, TurnConfig, TurnCore
 

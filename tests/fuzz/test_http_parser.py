@@ -15,8 +15,8 @@ import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.httppolicy import ShareHttpPolicy, head_problem
-from mesh.httpproxy import HttpConfig, HttpSession
+from mesh.http.policy import ShareHttpPolicy, head_problem
+from mesh.http.proxy import HttpConfig, HttpSession
 from tests.fuzz.conftest import CASES, scaled
 
 NAMES = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te",

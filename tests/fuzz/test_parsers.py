@@ -16,9 +16,6 @@ from itertools import count
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh import admission, streamproto
-from mesh import ticket as tk
-from mesh.envelope import Opener
 from mesh.errors import (
     AdmissionDenied,
     EnvelopeError,
@@ -26,9 +23,12 @@ from mesh.errors import (
     ProtocolError,
     TicketError,
 )
-from mesh.identity import Identity, seal
-from signaling import protocol as sp
-from signaling import stun
+from mesh.proto import admission, stun
+from mesh.proto import frames as sp
+from mesh.proto import stream as streamproto
+from mesh.proto import ticket as tk
+from mesh.proto.envelope import Opener
+from mesh.proto.identity import Identity, seal
 from signaling.policy import RelayPolicy
 from signaling.turn import TurnConfig, TurnCore, rest_credentials
 from tests.fuzz.conftest import CASES, MIN_TOTAL, scaled

@@ -9,8 +9,8 @@ import json
 import sys
 import time
 
-from mesh.envelope import seal_envelope
-from mesh.identity import Identity
+from mesh.proto.envelope import seal_envelope
+from mesh.proto.identity import Identity
 from signaling.server import ServerConfig, SignalServer
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
-import mesh.peer  # noqa: F401  (MESH_ICE_ADDRESSES: gather on loopback)
-from mesh import plpmtud
-from mesh.fastpath import TunedPeerConnection, TunedSctpTransport
+import mesh.transport.peer  # noqa: F401  (MESH_ICE_ADDRESSES: gather on loopback)
+from mesh.proto import plpmtud
+from mesh.transport.fastpath import TunedPeerConnection, TunedSctpTransport
 
 TOTAL = 3 * 1024 * 1024
 

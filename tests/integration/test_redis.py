@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from mesh.identity import load_or_create
+from mesh.proto.identity import load_or_create
 from tests.conftest import EchoServer, Mesh, free_port, require_tool, wait_port
 from tests.integration.test_recovery import wait_state
 from tests.integration.test_tunnel import echo_roundtrip
@@ -136,7 +136,7 @@ def test_a_burst_of_envelopes_is_routed_not_dropped(redis_url: str) -> None:
     "nobody holds this node" (unknown-destination) for most of them."""
     import asyncio
 
-    from mesh.identity import Identity
+    from mesh.proto.identity import Identity
     from signaling.redis_broker import RedisBroker
 
     class Box:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import aiohttp
 
-from mesh.identity import Identity
-from signaling import protocol as p
+from mesh.proto import frames as p
+from mesh.proto.identity import Identity
 from tests.conftest import Mesh
 from tests.integration.test_signal_server import still_serves
 

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mesh.identity import Identity
-from signaling import protocol as p
+from mesh.proto import frames as p
+from mesh.proto.identity import Identity
 from tests.conftest import Mesh, Proc
 
 Client = aiohttp.ClientWebSocketResponse

@@ -14,8 +14,8 @@ import time
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from mesh.discovery import SERVICE, make_properties
-from mesh.identity import Identity
+from mesh.node.discovery import SERVICE, make_properties
+from mesh.proto.identity import Identity
 
 
 async def main() -> None:

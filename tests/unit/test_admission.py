@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh import admission as adm
 from mesh.errors import AdmissionDenied, HandshakeError, ProtocolError
+from mesh.proto import admission as adm
 
 SDP_A = "v=0\r\na=fingerprint:sha-256 AA:BB:CC\r\n"
 SDP_B = "v=0\r\na=fingerprint:sha-256 11:22:33\r\na=fingerprint:sha-512 44:55\r\n"

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.envelope import MAX_SKEW, Opener, ReplayCache, seal_envelope
 from mesh.errors import EnvelopeError
-from mesh.identity import Identity
+from mesh.proto.envelope import MAX_SKEW, Opener, ReplayCache, seal_envelope
+from mesh.proto.identity import Identity
 
 A = Identity.from_seed(b"\x0a" * 32)  # connector
 B = Identity.from_seed(b"\x0b" * 32)  # sharer
@@ -54,7 +54,7 @@ def test_misaddressed_inner_refused() -> None:
     # Sealed to B, but the signed inner message says it is for C: B must refuse.
     import json
 
-    from mesh.identity import seal
+    from mesh.proto.identity import seal
     inner = json.dumps({"v": 1, "kind": "offer", "from": A.node_id, "to": C.node_id,
                         "ts": NOW, "nonce": "n" * 32, "session": "s", "body": {}}).encode()
     blob = seal(B.node_id, A.sign(inner) + inner)
@@ -71,7 +71,7 @@ def test_forged_signature_refused() -> None:
     # C signs a message claiming to be from A.
     import json
 
-    from mesh.identity import seal
+    from mesh.proto.identity import seal
     inner = json.dumps({"v": 1, "kind": "offer", "from": A.node_id, "to": B.node_id,
                         "ts": NOW, "nonce": "n" * 32, "session": "s", "body": {}}).encode()
     blob = seal(B.node_id, C.sign(inner) + inner)
@@ -117,7 +117,7 @@ def test_fuzz_garbage_only_raises_envelope_error(blob: bytes) -> None:
 def test_fuzz_inner_fields_signed_by_sender(fields: dict[str, object]) -> None:
     import json
 
-    from mesh.identity import seal
+    from mesh.proto.identity import seal
     inner = json.dumps(fields).encode()
     blob = seal(B.node_id, A.sign(inner) + inner)
     with contextlib.suppress(EnvelopeError):

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from mesh.gateway import route_name, valid_domain
-from mesh.identity import Identity
-from mesh.share import public_urls
-from signaling import protocol as p
+from mesh.node.gateway import route_name, valid_domain
+from mesh.node.share import public_urls
+from mesh.proto import frames as p
+from mesh.proto.identity import Identity
 from signaling.broker import MemoryBroker
 
 A = Identity.from_seed(b"\x01" * 32).node_id

@@ -6,9 +6,10 @@ import base64
 
 import pytest
 
-from mesh.capture import Store, as_text, har
 from mesh.errors import ConfigError
-from mesh.httppolicy import (
+from mesh.http.capture import Store, as_text, har
+from mesh.http.inspector import parse_addr, validate_edits
+from mesh.http.policy import (
     ShareHttpPolicy,
     basic_auth_ok,
     head_problem,
@@ -18,7 +19,6 @@ from mesh.httppolicy import (
     parse_basic_auth,
     strip_hop_by_hop,
 )
-from mesh.inspector import parse_addr, validate_edits
 
 
 def test_head_problem_smuggling_and_size() -> None:

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from mesh.errors import IdentityError
-from mesh.identity import Identity, decode_node_id, load_or_create, verify
-from signaling.limits import ConnectionCounter, TokenBucket
+from mesh.proto.identity import Identity, decode_node_id, load_or_create, verify
+from mesh.proto.limits import ConnectionCounter, TokenBucket
 
 
 def test_created_0600_and_stable(tmp_path: Path) -> None:

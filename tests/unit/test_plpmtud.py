@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from aiortc.rtcsctptransport import HeartbeatChunk, parse_packet
 
-from mesh import plpmtud
-from mesh.plpmtud import BASE, MAX_PROBES, Search
+from mesh.proto import plpmtud
+from mesh.proto.plpmtud import BASE, MAX_PROBES, Search
 
 
 @pytest.mark.parametrize("size", [1400, 4096, 8192, 16384])

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.identity import Identity
-from signaling import protocol as p
+from mesh.proto import frames as p
+from mesh.proto.identity import Identity
 
 NODE = Identity.from_seed(b"\x05" * 32).node_id
 

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh import streamproto as sp
 from mesh.errors import ProtocolError
+from mesh.proto import stream as sp
 
 
 @pytest.mark.parametrize("msg", [sp.Ok(), sp.Fin(), sp.Credit(1), sp.Credit(2**31),

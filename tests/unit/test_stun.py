@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling import stun as s
+from mesh.proto import stun as s
 
 TX = b"\x01" * 12
 

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh import ticket as tk
 from mesh.errors import TicketError
-from mesh.identity import Identity
+from mesh.proto import ticket as tk
+from mesh.proto.identity import Identity
 
 IDENT = Identity.from_seed(b"\x01" * 32)
 OTHER = Identity.from_seed(b"\x02" * 32)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from signaling import stun as s
+from mesh.proto import stun as s
 from signaling.policy import RelayPolicy
 from signaling.turn import Release, ToClient, ToPeer, TurnConfig, TurnCore, rest_credentials
 

@@ -57,7 +57,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.identity import NODE_ID_LEN, decode_node_id
+from .identity import NODE_ID_LEN, decode_node_id
 
 VERSION = 1
 MAX_FRAME = 64 * 1024

@@ -20,10 +20,10 @@ from typing import Any
 
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
-from signaling import stun
+from mesh.errors import MeshError
+from mesh.proto import stun
+from mesh.proto.identity import Identity
 
-from .errors import MeshError
-from .identity import Identity
 from .signal_client import SignalClient
 
 

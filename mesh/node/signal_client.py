@@ -21,10 +21,9 @@ from typing import Any
 
 import aiohttp
 
-from signaling import protocol as p
-
-from .errors import MeshError, NameTaken, PeerUnreachable, SignalingError
-from .identity import Identity
+from mesh.errors import MeshError, NameTaken, PeerUnreachable, SignalingError
+from mesh.proto import frames as p
+from mesh.proto.identity import Identity
 
 log = logging.getLogger("mesh.signal")
 

@@ -33,7 +33,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import EnvelopeError, EnvelopeKindError
+from mesh.errors import EnvelopeError, EnvelopeKindError
+
 from .identity import Identity, decode_node_id, seal, verify
 
 MAX_SEALED = 44 * 1024

@@ -31,7 +31,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AdmissionDenied, HandshakeError, ProtocolError
+from mesh.errors import AdmissionDenied, HandshakeError, ProtocolError
 
 _FP = re.compile(r"^a=fingerprint:(\S+) ([0-9A-Fa-f:]+)\s*$", re.MULTILINE)
 MAX_CTL = 2048

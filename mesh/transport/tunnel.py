@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from aiortc import RTCDataChannel
 from aiortc.exceptions import InvalidStateError
 
-from . import streamproto as sp
-from .errors import ProtocolError
+from mesh.errors import ProtocolError
+from mesh.proto import stream as sp
 
 log = logging.getLogger("mesh.tunnel")
 

@@ -29,7 +29,8 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
-from .errors import ConnectError
+from mesh.errors import ConnectError
+
 from .fastpath import TunedPeerConnection
 
 _stock_get_host_addresses = aioice.ice.get_host_addresses
@@ -125,7 +126,7 @@ class _Probe(asyncio.DatagramProtocol):
 
 async def stun_binding(addr: tuple[str, int], timeout: float = 1.0) -> bool:
     """True if a STUN Binding request to ``addr`` over UDP is answered in time."""
-    from signaling import stun
+    from mesh.proto import stun
 
     txid = secrets.token_bytes(12)
     request = stun.Message(stun.BINDING, stun.REQUEST, txid).encode(fingerprint=True)

@@ -23,7 +23,7 @@ import nacl.public
 import nacl.signing
 import platformdirs
 
-from .errors import IdentityError
+from mesh.errors import IdentityError
 
 NODE_ID_LEN = 52
 

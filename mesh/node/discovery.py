@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .identity import Identity, decode_node_id, verify
+from mesh.proto.identity import Identity, decode_node_id, verify
 
 SERVICE = "_mesh._tcp.local."
 MAX_TXT = 1300

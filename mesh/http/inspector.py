@@ -33,9 +33,10 @@ from typing import Any
 
 from aiohttp import web
 
+from mesh.errors import ConfigError
+
 from .capture import Exchange, Store, har
-from .errors import ConfigError
-from .httppolicy import host_is_local
+from .policy import host_is_local
 
 Replayer = Callable[[Exchange, dict[str, Any]], Awaitable[Exchange]]
 

@@ -26,12 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-from . import admission, events
-from .capture import Exchange, Store
-from .control import ControlServer
-from .discovery import Advertiser, open_secret
-from .envelope import Opener, seal_envelope
-from .errors import (
+from mesh.errors import (
     ConfigError,
     EnvelopeError,
     IdentityError,
@@ -39,15 +34,22 @@ from .errors import (
     NameTaken,
     ProtocolError,
 )
-from .fastpath import watch_packet_size
-from .httppolicy import ShareHttpPolicy
-from .httpproxy import HttpConfig, HttpSession, pipe_pair, replay
-from .identity import Identity, load_or_create, mesh_home
-from .inspector import Inspector
-from .peer import ice_plan, make_pc, path_info, udp_reachable, wait_connected
+from mesh.http.capture import Exchange, Store
+from mesh.http.inspector import Inspector
+from mesh.http.policy import ShareHttpPolicy
+from mesh.http.proxy import HttpConfig, HttpSession, pipe_pair, replay
+from mesh.proto import admission
+from mesh.proto.envelope import Opener, seal_envelope
+from mesh.proto.identity import Identity, load_or_create, mesh_home
+from mesh.proto.ticket import Ticket, new_secret, share_tag
+from mesh.transport.fastpath import watch_packet_size
+from mesh.transport.peer import ice_plan, make_pc, path_info, udp_reachable, wait_connected
+from mesh.transport.tunnel import Counters, Stream
+
+from . import events
+from .discovery import Advertiser, open_secret
 from .signal_client import SignalClient
-from .ticket import Ticket, new_secret, share_tag
-from .tunnel import Counters, Stream
+from .status import ControlServer
 
 if TYPE_CHECKING:
     from signaling.server import SignalServer

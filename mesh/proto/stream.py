@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from mesh.errors import ProtocolError
 
 WINDOW = 256 * 1024
 MAX_WINDOW = 4 * 1024 * 1024

@@ -57,9 +57,8 @@ from aiortc.rtcsctptransport import (
 from aiortc.utils import uint32_gt, uint32_gte
 from OpenSSL import SSL
 
+from mesh.proto import plpmtud
 from signaling import sockopt
-
-from . import plpmtud
 
 log = logging.getLogger("mesh.fastpath")
 

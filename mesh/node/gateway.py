@@ -39,16 +39,9 @@ from urllib.parse import urlsplit
 
 import h11
 
-from signaling import protocol as sp
-from signaling.limits import TokenBucket
-
-from . import events
-from . import ticket as ticket_mod
-from .capture import Exchange, Store
-from .connect import ConnectConfig, Tunnel
-from .envelope import Opener, seal_envelope
-from .errors import ConfigError, EnvelopeError, MeshError, PeerUnreachable
-from .httppolicy import (
+from mesh.errors import ConfigError, EnvelopeError, MeshError, PeerUnreachable
+from mesh.http.capture import Exchange, Store
+from mesh.http.policy import (
     Headers,
     Refusal,
     basic_auth_ok,
@@ -58,8 +51,15 @@ from .httppolicy import (
     parse_basic_auth,
     strip_hop_by_hop,
 )
-from .httpproxy import HttpConfig, HttpSession, Route
-from .identity import Identity, load_or_create
+from mesh.http.proxy import HttpConfig, HttpSession, Route
+from mesh.proto import frames as sp
+from mesh.proto import ticket as ticket_mod
+from mesh.proto.envelope import Opener, seal_envelope
+from mesh.proto.identity import Identity, load_or_create
+from mesh.proto.limits import TokenBucket
+
+from . import events
+from .connect import ConnectConfig, Tunnel
 from .signal_client import SignalClient
 
 

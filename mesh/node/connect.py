@@ -26,10 +26,7 @@ from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-from . import admission, events
-from .control import ControlServer
-from .envelope import Opener, seal_envelope
-from .errors import (
+from mesh.errors import (
     AddressInUse,
     AdmissionDenied,
     ConfigError,
@@ -42,13 +39,26 @@ from .errors import (
     ProtocolError,
     Refused,
 )
-from .fastpath import watch_packet_size
-from .httpproxy import HttpConfig, HttpSession, pipe_pair
-from .identity import Identity, load_or_create
-from .peer import IcePlan, PathInfo, ice_plan, make_pc, path_info, udp_reachable, wait_connected
+from mesh.http.proxy import HttpConfig, HttpSession, pipe_pair
+from mesh.proto import admission
+from mesh.proto.envelope import Opener, seal_envelope
+from mesh.proto.identity import Identity, load_or_create
+from mesh.proto.ticket import Ticket, share_tag
+from mesh.transport.fastpath import watch_packet_size
+from mesh.transport.peer import (
+    IcePlan,
+    PathInfo,
+    ice_plan,
+    make_pc,
+    path_info,
+    udp_reachable,
+    wait_connected,
+)
+from mesh.transport.tunnel import Counters, Stream
+
+from . import events
 from .signal_client import SignalClient
-from .ticket import Ticket, share_tag
-from .tunnel import Counters, Stream
+from .status import ControlServer
 
 log = logging.getLogger("mesh.connect")
 
@@ -563,7 +573,8 @@ class Tunnel:
 async def resolve(target: str, now: float, browse_seconds: float = 2.0) -> tuple[Ticket, bool]:
     """A ticket from a ticket string, or from a share found on the LAN by name or node id
     prefix. Returns (ticket, found_by_name)."""
-    from . import ticket as ticket_mod
+    from mesh.proto import ticket as ticket_mod
+
     from .discovery import browse, open_secret
 
     if ticket_mod.looks_like_ticket(target) or target.strip().lower().startswith(

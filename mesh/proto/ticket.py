@@ -33,7 +33,8 @@ import secrets
 import struct
 from dataclasses import dataclass, field
 
-from .errors import TicketError
+from mesh.errors import TicketError
+
 from .identity import Identity, decode_node_id, encode_node_id, verify
 
 PREFIX = "mesh1"

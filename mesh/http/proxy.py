@@ -36,7 +36,7 @@ from typing import Any
 import h11
 
 from .capture import Exchange, Store
-from .httppolicy import (
+from .policy import (
     Headers,
     Refusal,
     ShareHttpPolicy,
