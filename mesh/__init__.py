@@ -16,8 +16,6 @@ See README.md; pytest fixtures are in ``mesh.pytest_plugin``.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,8 +26,9 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so `mesh connect` does not pay for the sharer's modules
 # (aiohttp.web among them) at start-up.
-_LAZY = {"ConnectConfig": "node.connect", "Tunnel": "node.connect", "MeshError": "errors",
-         "Share": "node.share", "ShareConfig": "node.share"}
+_LAZY = {"share": "api", "connect": "api", "ConnectConfig": "node.connect",
+         "Tunnel": "node.connect", "MeshError": "errors", "Share": "node.share",
+         "ShareConfig": "node.share"}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,27 +39,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-def _api_function(name: str) -> property:
-    """``mesh.NAME`` is ``mesh.api.NAME`` even once the submodule ``mesh.NAME`` loads:
-    the import system then binds the submodule on the package, and the setter keeps
-    the function."""
-
-    def get(_package: types.ModuleType) -> Any:
-        return getattr(importlib.import_module(".api", __name__), name)
-
-    def keep(_package: types.ModuleType, _submodule: Any) -> None:
-        pass
-
-    return property(get, keep)
-
-
-class _Package(types.ModuleType):
-    share = _api_function("share")
-    connect = _api_function("connect")
-
-
-sys.modules[__name__].__class__ = _Package
 
 __all__ = ["ConnectConfig", "MeshError", "Share", "ShareConfig", "Tunnel", "connect", "share"]
 __version__ = "0.1.0"

@@ -430,8 +430,8 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Give up a public name this machine's key holds."""
+    from mesh.node.home import load_or_create
     from mesh.node.signal_client import SignalClient
-    from mesh.proto.identity import load_or_create
 
     out = _Output(as_json)
     try:
@@ -513,8 +513,8 @@ def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Report what this network allows: public address, NAT type, UDP, TURN, latency."""
     from dataclasses import asdict
 
+    from mesh.node.home import load_or_create
     from mesh.node.netcheck import netcheck
-    from mesh.proto.identity import load_or_create
 
     out = _Output(as_json)
     try:
@@ -595,7 +595,7 @@ def status_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def id_cmd(as_json: bool) -> None:
     """Print this machine's node id (creating the key on first use)."""
-    from mesh.proto.identity import load_or_create, mesh_home
+    from mesh.node.home import load_or_create, mesh_home
 
     try:
         ident = load_or_create()

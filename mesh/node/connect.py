@@ -42,7 +42,7 @@ from mesh.errors import (
 from mesh.http.proxy import HttpConfig, HttpSession, pipe_pair
 from mesh.proto import admission
 from mesh.proto.envelope import Opener, seal_envelope
-from mesh.proto.identity import Identity, load_or_create
+from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket, share_tag
 from mesh.transport.fastpath import watch_packet_size
 from mesh.transport.peer import (
@@ -57,6 +57,7 @@ from mesh.transport.peer import (
 from mesh.transport.tunnel import Counters, Stream
 
 from . import events
+from .home import load_or_create
 from .signal_client import SignalClient
 from .status import ControlServer
 

@@ -55,11 +55,12 @@ from mesh.http.proxy import HttpConfig, HttpSession, Route
 from mesh.proto import frames as sp
 from mesh.proto import ticket as ticket_mod
 from mesh.proto.envelope import Opener, seal_envelope
-from mesh.proto.identity import Identity, load_or_create
+from mesh.proto.identity import Identity
 from mesh.proto.limits import TokenBucket
 
 from . import events
 from .connect import ConnectConfig, Tunnel
+from .home import load_or_create
 from .signal_client import SignalClient
 
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,7 +27,6 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from mesh.errors import (
     ConfigError,
     EnvelopeError,
-    IdentityError,
     MeshError,
     NameTaken,
     ProtocolError,
@@ -40,7 +37,7 @@ from mesh.http.policy import ShareHttpPolicy
 from mesh.http.proxy import HttpConfig, HttpSession, pipe_pair, replay
 from mesh.proto import admission
 from mesh.proto.envelope import Opener, seal_envelope
-from mesh.proto.identity import Identity, load_or_create, mesh_home
+from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket, new_secret, share_tag
 from mesh.transport.fastpath import watch_packet_size
 from mesh.transport.peer import ice_plan, make_pc, path_info, udp_reachable, wait_connected
@@ -48,6 +45,7 @@ from mesh.transport.tunnel import Counters, Stream
 
 from . import events
 from .discovery import Advertiser, open_secret
+from .home import load_or_create, share_secret
 from .signal_client import SignalClient
 from .status import ControlServer
 
@@ -623,25 +621,3 @@ def public_urls(gateway: dict[str, str], name: str) -> tuple[str, str]:
     port = f":{parts.port}" if parts.port else ""
     host_url = f"{parts.scheme or 'https'}://{name}.{gateway.get('domain', '')}{port}/"
     return host_url, f"{base}/s/{name}/"
-
-
-def share_secret(name: str, rotate: bool = False) -> bytes:
-    """The admission secret of the share called ``name``, kept (0600) across restarts so
-    its tickets keep working; ``rotate`` replaces it, revoking every older ticket."""
-    directory = mesh_home() / "shares"
-    path = directory / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".secret")
-    try:
-        if not rotate and path.exists():
-            secret = bytes.fromhex(path.read_text().strip())
-            if 16 <= len(secret) <= 32:
-                return secret
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        secret = new_secret()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret.hex() + "\n")
-        os.replace(tmp, path)
-        return secret
-    except (OSError, ValueError) as exc:
-        raise IdentityError(f"cannot keep the share secret in {directory}: {exc}") from exc

@@ -2,38 +2,22 @@
 
 The node id is the public key in lowercase RFC 4648 base32 without padding
 (52 characters). It names the node to the signaling server and pins it in
-tickets. The secret key lives in ``$MESH_HOME/identity.key`` (default: the
-user config dir), created on first use with mode 0600, as 32 raw seed bytes
-encoded in hex with a trailing newline.
-
-Signing and sealing helpers live here so that no other module touches key
-material directly.
+tickets. Signing and sealing helpers live here so that no other module touches
+key material directly. Sans-I/O: where the key is kept on disk is
+``mesh/node/home.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import nacl.exceptions
 import nacl.public
 import nacl.signing
-import platformdirs
-
-from mesh.errors import IdentityError
 
 NODE_ID_LEN = 52
-
-
-def mesh_home() -> Path:
-    """The directory holding mesh's persistent state."""
-    env = os.environ.get("MESH_HOME")
-    if env:
-        return Path(env)
-    return Path(platformdirs.user_config_dir("mesh"))
 
 
 def encode_node_id(public_key: bytes) -> str:
@@ -106,34 +90,3 @@ class Identity:
             return bytes(nacl.public.SealedBox(curve).decrypt(ciphertext))
         except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError, TypeError) as exc:
             raise ValueError("sealed box does not open") from exc
-
-
-def load_or_create(home: Path | None = None) -> Identity:
-    """The node's persistent identity, created with mode 0600 on first use."""
-    home = home or mesh_home()
-    path = home / "identity.key"
-    try:
-        if path.exists():
-            text = path.read_text().strip()
-            try:
-                seed = bytes.fromhex(text)
-            except ValueError:
-                seed = b""
-            if len(seed) != 32:
-                raise IdentityError(f"{path} is not a mesh identity key (64 hex characters)")
-            return Identity.from_seed(seed)
-        home.mkdir(parents=True, exist_ok=True)
-        ident = Identity.generate()
-        tmp = path.with_name(f".identity.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(bytes(ident.signing_key).hex() + "\n")
-        try:
-            os.link(tmp, path)  # atomic and exclusive: two first runs agree on one key
-        except FileExistsError:
-            return load_or_create(home)
-        finally:
-            os.unlink(tmp)
-        return ident
-    except OSError as exc:
-        raise IdentityError(f"cannot use identity at {path}: {exc.strerror or exc}") from exc

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from mesh.node.home import load_or_create
 from mesh.proto import ticket as tk
-from mesh.proto.identity import load_or_create
 from tests.conftest import EchoServer, Mesh, free_port
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from mesh.proto.identity import load_or_create
+from mesh.node.home import load_or_create
 from tests.conftest import EchoServer, Mesh, free_port, require_tool, wait_port
 from tests.integration.test_recovery import wait_state
 from tests.integration.test_tunnel import echo_roundtrip

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mesh.proto.identity import load_or_create
+from mesh.node.home import load_or_create
 from tests.conftest import MESH
 from tests.natlab.conftest import HERE, LabRun
 from tests.natlab.lab import Lab

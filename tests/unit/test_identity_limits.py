@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from mesh.errors import IdentityError
-from mesh.proto.identity import Identity, decode_node_id, load_or_create, verify
+from mesh.node.home import load_or_create
+from mesh.proto.identity import Identity, decode_node_id, verify
 from mesh.proto.limits import ConnectionCounter, TokenBucket
 
 

@@ -1,0 +1,82 @@
+"""The node's state on disk: its key file and the kept admission secrets.
+
+``$MESH_HOME`` (default: the user config dir) holds ``identity.key`` (the
+Ed25519 seed, 64 hex characters and a newline, mode 0600) and
+``shares/<hash of name>.secret`` (each share name's admission secret, 0600,
+so its tickets survive restarts). The key material itself is
+``mesh/proto/identity.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import platformdirs
+
+from mesh.errors import IdentityError
+from mesh.proto.identity import Identity
+from mesh.proto.ticket import new_secret
+
+
+def mesh_home() -> Path:
+    """The directory holding mesh's persistent state."""
+    env = os.environ.get("MESH_HOME")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_config_dir("mesh"))
+
+
+
+def load_or_create(home: Path | None = None) -> Identity:
+    """The node's persistent identity, created with mode 0600 on first use."""
+    home = home or mesh_home()
+    path = home / "identity.key"
+    try:
+        if path.exists():
+            text = path.read_text().strip()
+            try:
+                seed = bytes.fromhex(text)
+            except ValueError:
+                seed = b""
+            if len(seed) != 32:
+                raise IdentityError(f"{path} is not a mesh identity key (64 hex characters)")
+            return Identity.from_seed(seed)
+        home.mkdir(parents=True, exist_ok=True)
+        ident = Identity.generate()
+        tmp = path.with_name(f".identity.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(bytes(ident.signing_key).hex() + "\n")
+        try:
+            os.link(tmp, path)  # atomic and exclusive: two first runs agree on one key
+        except FileExistsError:
+            return load_or_create(home)
+        finally:
+            os.unlink(tmp)
+        return ident
+    except OSError as exc:
+        raise IdentityError(f"cannot use identity at {path}: {exc.strerror or exc}") from exc
+
+
+def share_secret(name: str, rotate: bool = False) -> bytes:
+    """The admission secret of the share called ``name``, kept (0600) across restarts so
+    its tickets keep working; ``rotate`` replaces it, revoking every older ticket."""
+    directory = mesh_home() / "shares"
+    path = directory / (hashlib.sha256(name.encode()).hexdigest()[:24] + ".secret")
+    try:
+        if not rotate and path.exists():
+            secret = bytes.fromhex(path.read_text().strip())
+            if 16 <= len(secret) <= 32:
+                return secret
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secret = new_secret()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret.hex() + "\n")
+        os.replace(tmp, path)
+        return secret
+    except (OSError, ValueError) as exc:
+        raise IdentityError(f"cannot keep the share secret in {directory}: {exc}") from exc
