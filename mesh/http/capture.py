@@ -88,6 +88,8 @@ class Exchange:
     state: str = "pending"
     """pending, complete, upgraded (a protocol switch, e.g. WebSocket) or error."""
     error: str | None = None
+    refused: str | None = None
+    """Why mesh answered this request itself instead of forwarding it (401, 431, ...)."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -95,7 +97,7 @@ class Exchange:
             "status": self.status, "state": self.state, "duration_ms": self.duration_ms,
             "bytes_in": self.request_body.size, "bytes_out": self.response_body.size,
             "peer": self.peer, "client": self.client, "replay_of": self.replay_of,
-            "started": iso(self.started), "error": self.error,
+            "started": iso(self.started), "error": self.error, "refused": self.refused,
         }
 
     def to_json(self) -> dict[str, Any]:

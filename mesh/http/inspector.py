@@ -25,7 +25,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ipaddress
+import errno
 import json
 from collections.abc import Awaitable, Callable
 from importlib import metadata
@@ -33,7 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.errors import ConfigError
+from mesh.errors import AddressInUse, ConfigError
+from mesh.proto.names import parse_loopback
 
 from .capture import Exchange, Store, har
 from .policy import host_is_local
@@ -43,33 +44,12 @@ Replayer = Callable[[Exchange, dict[str, Any]], Awaitable[Exchange]]
 DEFAULT = "127.0.0.1:4040"
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
-    host, sep, port_text = addr.rpartition(":")
-    if not sep:
-        host, port_text = "127.0.0.1", addr
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"--inspect {addr!r}: expected HOST:PORT or PORT") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--inspect {addr!r}: port out of range")
-    if host != "localhost":
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            raise ConfigError(f"--inspect {addr!r}: the inspector binds loopback only "
-                              "(127.0.0.0/8, ::1 or localhost); it can replay requests")
-    return host, port
-
-
 class Inspector:
-    def __init__(self, store: Store, addr: str, replayer: Replayer, target: str) -> None:
+    def __init__(self, store: Store, addr: str, replayer: Replayer, target: str, *,
+                 explicit: bool = False) -> None:
         self.store = store
-        self.host, self.port = parse_addr(addr)
-        self.default = addr == DEFAULT
+        self.host, self.port = parse_loopback(addr, "--inspect")
+        self.default = not explicit
         self.replayer = replayer
         self.target = target
         self.url = ""
@@ -108,7 +88,11 @@ class Inspector:
             self.url = f"http://{host}:{port}/"
             return self.url
         await self._runner.cleanup()
-        raise ConfigError(f"inspector cannot listen on {self.host}:{self.port}: "
+        where = f"{self.host}:{self.port}" + (f"-{tries[-1]}" if self.default else "")
+        if last is not None and last.errno == errno.EADDRINUSE:
+            raise AddressInUse(f"the inspector's address {where}/tcp is taken; use "
+                               "--inspect ADDR or --no-inspect")
+        raise ConfigError(f"the inspector cannot listen on {where}/tcp: "
                           f"{getattr(last, 'strerror', last)} (use --inspect ADDR or "
                           "--no-inspect)")
 

@@ -11,8 +11,11 @@ leaves to the application:
   header it names, ``Keep-Alive``, ``Proxy-Connection``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade``, ``Proxy-Authenticate``,
   ``Proxy-Authorization``; message framing is re-derived by h11 on each hop;
-* ``X-Forwarded-For/-Proto/-Host`` and ``X-Mesh-Peer`` (the admitted peer's
-  node id: the one header the service can trust, so a client's copy is dropped);
+* ``forwarded``: ``X-Forwarded-For/-Proto/-Host`` and ``X-Mesh-Peer`` (the admitted
+  peer's node id: the one header the service can trust), set by mesh; every client
+  copy of them, ``Forwarded`` and ``X-Real-IP`` is dropped under any spelling
+  (``X_Mesh_Peer`` reaches a WSGI service as ``HTTP_X_MESH_PEER``, so names are
+  compared with ``_`` and ``-`` folded);
 * Basic auth (``--basic-auth``) and the Host guard of ``mesh connect --http``
   (421 for a Host that is not the local listener: DNS rebinding).
 
@@ -90,6 +93,18 @@ def head_problem(raw: bytes, max_head: int = 16 * 1024) -> Refusal | None:
     return None
 
 
+_REQUEST_LINE = re.compile(rb"([A-Za-z]{1,20}) (\S{1,2048})")
+
+
+def request_line(raw: bytes) -> tuple[bytes, bytes]:
+    """Method and target of a request head that was refused before h11 parsed it, for the
+    log: best effort, anything unreadable shown as ``-``."""
+    match = _REQUEST_LINE.match(raw.lstrip(b"\r\n"))
+    if match is None:
+        return b"-", b"-"
+    return match.group(1).upper(), match.group(2)
+
+
 def header(headers: Headers, name: bytes) -> bytes | None:
     for key, value in headers:
         if key == name:
@@ -150,12 +165,14 @@ class ShareHttpPolicy:
         return Refusal(401, "authentication required",
                        (("www-authenticate", 'Basic realm="mesh", charset="UTF-8"'),))
 
-    def upstream_headers(self, headers: Headers, *, peer: str, client: str,
-                         upgrade: bool) -> Headers:
+    def upstream_headers(self, headers: Headers, *, peer: str, client: str, upgrade: bool,
+                         trusted: bool = False) -> Headers:
+        """What the service receives. ``trusted``: the request comes from the tier's
+        gateway, whose X-Forwarded-* describe the internet caller."""
         host = header(headers, b"host") or b""
         out = strip_hop_by_hop(headers, keep_upgrade=upgrade)
-        out = [(k, v) for k, v in out if k != MESH_PEER
-               and not (k == b"authorization" and self.basic_auth is not None)]
+        if self.basic_auth is not None:
+            out = [(k, v) for k, v in out if k != b"authorization"]
         if self.host_header == "rewrite":
             new_host = f"{self.service_host}:{self.service_port}".encode()
         elif self.host_header:
@@ -165,15 +182,37 @@ class ShareHttpPolicy:
         out = [(k, new_host if k == b"host" else v) for k, v in out]
         if header(out, b"host") is None and new_host:
             out.insert(0, (b"host", new_host))
-        xff = header(out, b"x-forwarded-for")
-        out = [(k, v) for k, v in out if k != b"x-forwarded-for"]
-        out.append((b"x-forwarded-for", (xff + b", " if xff else b"") + client.encode()))
-        if header(out, b"x-forwarded-proto") is None:
-            out.append((b"x-forwarded-proto", b"http"))
-        if header(out, b"x-forwarded-host") is None and host:
-            out.append((b"x-forwarded-host", host))
+        chain = header(headers, b"x-forwarded-for") if trusted else None
+        proto = (header(headers, b"x-forwarded-proto") if trusted else None) or b"http"
+        original = (header(headers, b"x-forwarded-host") if trusted else None) or host
+        return forwarded(out, client=client, proto=proto, host=original, peer=peer,
+                         chain=chain) + framing(headers)
+
+
+FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                       b"forwarded", b"x-real-ip", MESH_PEER})
+"""Headers mesh sets itself: a client's copies never pass, under any spelling."""
+
+
+def normalise(name: bytes) -> bytes:
+    """A header name as CGI/WSGI servers see it: case and ``-``/``_`` folded."""
+    return name.lower().replace(b"_", b"-")
+
+
+def forwarded(headers: Headers, *, client: str, proto: bytes, host: bytes | None,
+              peer: str | None = None, chain: bytes | None = None) -> Headers:
+    """``headers`` without any client copy of a header in ``FORWARDED`` (compared after
+    ``normalise``, so ``X_Forwarded_For`` goes too), then mesh's own: X-Forwarded-For
+    (``chain``, the previous trusted hop's list, then ``client``), -Proto, -Host and,
+    with ``peer``, X-Mesh-Peer (the admitted peer's node id)."""
+    out = [(k, v) for k, v in headers if normalise(k) not in FORWARDED]
+    out.append((b"x-forwarded-for", (chain + b", " if chain else b"") + client.encode()))
+    out.append((b"x-forwarded-proto", proto))
+    if host:
+        out.append((b"x-forwarded-host", host))
+    if peer is not None:
         out.append((MESH_PEER, peer.encode()))
-        return out + framing(headers)
+    return out
 
 
 def basic_auth_ok(value: bytes | None, expected: tuple[str, str]) -> bool:
@@ -188,13 +227,6 @@ def basic_auth_ok(value: bytes | None, expected: tuple[str, str]) -> bool:
         return False
     want = f"{expected[0]}:{expected[1]}".encode()
     return hmac.compare_digest(decoded, want)
-
-
-def parse_basic_auth(value: str) -> tuple[str, str]:
-    user, sep, password = value.partition(":")
-    if not sep or not user or not password:
-        raise ValueError("--basic-auth must be USER:PASS, both non-empty")
-    return user, password
 
 
 def host_guard(headers: Headers, port: int) -> Refusal | None:

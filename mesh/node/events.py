@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from mesh.http.capture import Exchange
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,15 @@ class Request(Event):
     """complete, upgraded (WebSocket and other protocol switches) or error."""
     replay_of: int | None = None
     error: str | None = None
+    refused: str | None = None
+    """Why mesh answered the request itself (401, 408, 431, ...) instead of forwarding it."""
+
+    @classmethod
+    def from_exchange(cls, ex: Exchange) -> Request:
+        return cls(id=ex.id, method=ex.method, path=ex.target, status=ex.status,
+                   duration_ms=ex.duration_ms, bytes_in=ex.request_body.size,
+                   bytes_out=ex.response_body.size, peer=ex.peer, client=ex.client,
+                   state=ex.state, replay_of=ex.replay_of, error=ex.error, refused=ex.refused)
 
     def human(self) -> str:
         status = self.status if self.status is not None else "---"
@@ -172,6 +184,7 @@ class Request(Event):
         extra = f" (replay of #{self.replay_of})" if self.replay_of else ""
         extra += f" [{self.state}]" if self.state not in ("complete",) else ""
         extra += f": {self.error}" if self.error else ""
+        extra += f" (refused: {self.refused})" if self.refused else ""
         return (f"{self.method} {self.path} {status} {ms} "
                 f"{_size(self.bytes_in)} in {_size(self.bytes_out)} out{extra}")
 

@@ -1,6 +1,6 @@
 """The HTTP mode parser (`mesh share --http`) fed generated request heads.
 
-Each case runs a real HttpSession over socket pairs with a strict h11 service
+Each case runs a real HttpProxy (the share's role) over socket pairs with a strict h11 service
 behind it. Invariants: nothing escapes the session, every answer is an HTTP/1.1
 response, a head that head_problem() refuses never opens the upstream, and what
 does reach the service parses cleanly there (no smuggled or malformed request).
@@ -16,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.http.policy import ShareHttpPolicy, head_problem
-from mesh.http.proxy import HttpConfig, HttpSession
+from mesh.http.proxy import HttpConfig, HttpProxy
+from mesh.http.roles import ShareRole
+from mesh.transport.stream import TcpDuplex
 from tests.fuzz.conftest import CASES, scaled
 
 NAMES = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te",
@@ -68,15 +70,15 @@ async def one_case(data: bytes) -> tuple[bytes, int, bool]:
         finally:
             writer.close()
 
-    async def open_upstream() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def open_upstream() -> TcpDuplex:
         a, b = socket.socketpair()
         opened.append(asyncio.create_task(service(*await asyncio.open_connection(sock=b))))
-        return await asyncio.open_connection(sock=a)
+        return TcpDuplex(*await asyncio.open_connection(sock=a))
 
     client, proxy_side = socket.socketpair()
     reader, writer = await asyncio.open_connection(sock=proxy_side)
-    session = HttpSession(reader, writer, open_upstream, config=CONFIG,
-                          policy=ShareHttpPolicy("127.0.0.1", 1), peer="p", client="c")
+    role = ShareRole(ShareHttpPolicy("127.0.0.1", 1), open_upstream, peer="p", client="c")
+    session = HttpProxy(TcpDuplex(reader, writer), role, config=CONFIG)
     task = asyncio.create_task(session.run())
     creader, cwriter = await asyncio.open_connection(sock=client)
     cwriter.write(data)

@@ -228,12 +228,22 @@ def test_forwarded_headers_and_hop_by_hop(mesh: Mesh, service: Service) -> None:
     status, _, body = request(hs.port, "POST", "/echo", b"{}", headers={
         "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "secret", "Keep-Alive": "5",
         "Proxy-Authorization": "Basic Zm9v", "TE": "trailers", "X-Mesh-Peer": "forged",
-        "X-Forwarded-For": "203.0.113.9", "Host": f"127.0.0.1:{hs.port}"})
+        "X-Forwarded-For": "203.0.113.9", "Host": f"127.0.0.1:{hs.port}",
+        # spellings a WSGI/CGI service folds into the same variables as mesh's own
+        "X_Mesh_Peer": "aaaa", "X_Forwarded_For": "198.51.100.7", "X-Real-IP": "192.0.2.1",
+        "Forwarded": "for=192.0.2.2", "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "bank.example"})
     assert status == 200
-    seen = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+    raw = json.loads(body)["headers"]
+    seen = {k.lower(): v for k, v in raw.items()}
     for hop in ("x-drop-me", "keep-alive", "proxy-authorization", "te"):
         assert hop not in seen, hop
-    assert seen["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    # only mesh's own copies, under mesh's spelling, whatever the client sent
+    folded = [k.lower().replace("_", "-") for k in raw]
+    for name in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-mesh-peer"):
+        assert folded.count(name) == 1, (name, raw)
+    assert "x-real-ip" not in folded and "forwarded" not in folded
+    assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-host"] == f"127.0.0.1:{hs.port}"
     assert seen["x-mesh-peer"] == hs.peer  # the client's forged copy is dropped

@@ -8,7 +8,7 @@ import pytest
 
 from mesh.errors import ConfigError
 from mesh.http.capture import Store, as_text, har
-from mesh.http.inspector import parse_addr, validate_edits
+from mesh.http.inspector import validate_edits
 from mesh.http.policy import (
     ShareHttpPolicy,
     basic_auth_ok,
@@ -16,9 +16,9 @@ from mesh.http.policy import (
     host_guard,
     host_is_local,
     is_upgrade,
-    parse_basic_auth,
     strip_hop_by_hop,
 )
+from mesh.proto.names import check_basic_auth, parse_loopback
 
 
 def test_head_problem_smuggling_and_size() -> None:
@@ -57,7 +57,8 @@ def test_share_policy_headers() -> None:
     assert policy.check(headers) is None
     out = policy.upstream_headers(headers, peer="NODE", client="10.0.0.2", upgrade=False)
     assert (b"host", b"127.0.0.1:8000") in out
-    assert (b"x-forwarded-for", b"198.51.100.1, 10.0.0.2") in out
+    # a peer's own X-Forwarded-For is not evidence of anything: only its address is sent
+    assert [v for k, v in out if k == b"x-forwarded-for"] == [b"10.0.0.2"]
     assert (b"x-forwarded-host", b"app.test") in out and (b"x-forwarded-proto", b"http") in out
     assert [v for k, v in out if k == b"x-mesh-peer"] == [b"NODE"]
     assert not any(k == b"authorization" for k, _ in out)
@@ -66,11 +67,21 @@ def test_share_policy_headers() -> None:
     assert refusal is not None and refusal.status == 401
 
 
+def test_the_gateway_names_the_caller_and_the_share_appends_the_gateway() -> None:
+    policy = ShareHttpPolicy("127.0.0.1", 8000)
+    headers = [(b"host", b"hooks.example.com"), (b"x-forwarded-for", b"203.0.113.9"),
+               (b"x-forwarded-proto", b"https"), (b"x-forwarded-host", b"hooks.example.com")]
+    out = policy.upstream_headers(headers, peer="GW", client="198.18.0.1", upgrade=False,
+                                  trusted=True)
+    assert [v for k, v in out if k == b"x-forwarded-for"] == [b"203.0.113.9, 198.18.0.1"]
+    assert [v for k, v in out if k == b"x-forwarded-proto"] == [b"https"]
+
+
 def test_basic_auth_parsing() -> None:
-    assert parse_basic_auth("a:b:c") == ("a", "b:c")
+    assert check_basic_auth("a:b:c", "--basic-auth") == ("a", "b:c")
     for bad in ("nocolon", ":p", "u:"):
-        with pytest.raises(ValueError):
-            parse_basic_auth(bad)
+        with pytest.raises(ConfigError):
+            check_basic_auth(bad, "--basic-auth")
     assert not basic_auth_ok(b"Basic !!!", ("u", "p"))
     assert not basic_auth_ok(b"Bearer x", ("u", "p"))
     assert basic_auth_ok(b"basic " + base64.b64encode(b"u:p"), ("u", "p"))
@@ -122,12 +133,12 @@ def test_as_text_cut_inside_a_character() -> None:
 
 
 def test_inspector_addr_and_edits() -> None:
-    assert parse_addr("127.0.0.1:4040") == ("127.0.0.1", 4040)
-    assert parse_addr("4041") == ("127.0.0.1", 4041)
-    assert parse_addr("[::1]:0") == ("::1", 0)
+    assert parse_loopback("127.0.0.1:4040", "--inspect") == ("127.0.0.1", 4040)
+    assert parse_loopback("4041", "--inspect") == ("127.0.0.1", 4041)
+    assert parse_loopback("[::1]:0", "--inspect") == ("::1", 0)
     for bad in ("0.0.0.0:4040", "192.168.1.2:1", "example.com:80", "x:y"):
         with pytest.raises(ConfigError):
-            parse_addr(bad)
+            parse_loopback(bad, "--inspect")
     assert validate_edits({"method": "put", "path": "/x", "body": "b"}) == {
         "method": "PUT", "target": "/x", "body": b"b"}
     for bad in ({"method": "G T"}, {"path": "x"}, {"path": "/a b"},
