@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .api import connect, share
     from .errors import MeshError
-    from .node.connect import ConnectConfig, Tunnel
-    from .node.share import Share, ShareConfig
+    from .node.config import ConnectConfig, ShareConfig
+    from .node.connect import Tunnel
+    from .node.share import Share
 
 # Loaded on first use, so `mesh connect` does not pay for the sharer's modules
 # (aiohttp.web among them) at start-up.
-_LAZY = {"share": "api", "connect": "api", "ConnectConfig": "node.connect",
+_LAZY = {"share": "api", "connect": "api", "ConnectConfig": "node.config",
          "Tunnel": "node.connect", "MeshError": "errors", "Share": "node.share",
-         "ShareConfig": "node.share"}
+         "ShareConfig": "node.config"}
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,11 @@ Output contract: with ``--json`` every line on stdout is one JSON object with an
 ``event`` field (``ready``, ``listening``, ``connected``, ``disconnected``,
 ``rejected``, ``signal``, ``warning``, ``error``, ...). Without it, humans get
 short lines (the ticket on stdout, the rest on stderr). Every ``MeshError``
-becomes one line and the exit code of its class; Ctrl-C exits 130.
+becomes one line and the exit code of its class (the table is in
+mesh/errors.py and the README); Ctrl-C exits 130, a bug 70.
+
+Every check of a value lives in the configuration classes (mesh/node/config.py,
+mesh/http/proxy.py, signaling/): this module only maps flags to fields.
 """
 
 from __future__ import annotations
@@ -13,19 +17,18 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from mesh.node import events
+from .errors import INTERNAL, INTERRUPTED, ConfigError, MeshError
+from .node import environ, events
 
-from .errors import ConfigError, MeshError
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Output:
@@ -48,8 +51,9 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         stream=sys.stderr)
     if verbose < 2:
-        for noisy in ("aioice", "aiortc", "aiohttp"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+        for noisy in ("aioice", "aiortc", "aiohttp", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL if noisy == "asyncio"
+                                              else logging.ERROR)
 
 
 def _run(out: _Output, main: Callable[[], Awaitable[None]]) -> None:
@@ -75,33 +79,54 @@ def _run(out: _Output, main: Callable[[], Awaitable[None]]) -> None:
     except asyncio.CancelledError:
         if stopped_by and stopped_by[0] == signal.SIGINT:
             out(events.ErrorEvent("interrupted"))
-            code = 130
+            code = INTERRUPTED
     except MeshError as exc:
         out(events.ErrorEvent(str(exc)))
         code = exc.exit_code
     except KeyboardInterrupt:
         out(events.ErrorEvent("interrupted"))
-        code = 130
+        code = INTERRUPTED
     except Exception as exc:  # a bug: still one line (details with -v)
         logging.getLogger("mesh").debug("internal error", exc_info=True)
         out(events.ErrorEvent(f"internal error: {type(exc).__name__}: {exc}"))
-        code = 70
+        code = INTERNAL
     sys.exit(code)
 
 
-def _signal_urls(given: tuple[str, ...]) -> tuple[str, ...]:
-    urls = [u for u in given if u]
-    if not urls and os.environ.get("MESH_SIGNAL"):
-        urls = [u.strip() for u in os.environ["MESH_SIGNAL"].split(",") if u.strip()]
-    for url in urls:
-        if not url.startswith(("ws://", "wss://")):
-            raise ConfigError(f"signaling URL must start with ws:// or wss://: {url!r}")
-    return tuple(urls)
+def _configured(as_json: bool, build: Callable[[], Any]) -> Any:
+    """``build()``, or one error line and the exit code of its ``MeshError``."""
+    try:
+        return build()
+    except MeshError as exc:
+        _Output(as_json)(events.ErrorEvent(str(exc)))
+        sys.exit(exc.exit_code)
 
 
-def _fail(as_json: bool, exc: MeshError) -> None:
-    _Output(as_json)(events.ErrorEvent(str(exc)))
-    sys.exit(exc.exit_code)
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+# -- shared options ----------------------------------------------------------------------
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print events as JSON lines.")(f)
+
+
+def signal_option(f: F) -> F:
+    return click.option("--signal", "signal_urls", multiple=True, metavar="URL",
+                        help="Signaling server (repeatable; default: $MESH_SIGNAL).")(f)
+
+
+def max_streams_option(f: F) -> F:
+    return click.option("--max-streams", default=4096, show_default=True,
+                        type=click.IntRange(1),
+                        help="Connections tunnelled at once (per peer on a share).")(f)
+
+
+def idle_option(f: F) -> F:
+    return click.option("--idle-timeout", default=0.0, show_default=True,
+                        type=click.FloatRange(0),
+                        help="Close a connection idle this many seconds (0: never).")(f)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,12 +137,14 @@ def main(verbose: int) -> None:
     _setup_logging(verbose)
 
 
+# -- mesh signal ---------------------------------------------------------------------------
 @main.command("signal")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="Signaling (WebSocket) port; 0 picks a free one.")
 @click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65535),
-              help="UDP/TCP port of the embedded STUN/TURN server; 0 picks a free one.")
+              help="UDP/TCP port of the embedded STUN/TURN server (UDP port+1 answers STUN "
+                   "too, for NAT type tests); 0 picks a free one.")
 @click.option("--no-turn", is_flag=True, help="Do not run the embedded STUN/TURN server.")
 @click.option("--public-ip", default=None, help="Address to advertise for STUN/TURN.")
 @click.option("--turn", "turn_urls", multiple=True, metavar="URL",
@@ -142,52 +169,24 @@ def main(verbose: int) -> None:
               help="With --redis: seconds until a dead instance's nodes vanish.")
 @click.option("--gateway", "gateways", multiple=True, metavar="NODE_ID",
               help="Node id of a `mesh gateway` allowed to announce itself (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@json_option
 def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: str | None,
                turn_urls: tuple[str, ...], turn_secret: str | None, relay_allow: tuple[str, ...],
                max_allocations: int, max_allocations_per_user: int, relay_bandwidth: int,
                max_conns_per_ip: int, rate: float, redis_url: str | None,
                presence_ttl: float, gateways: tuple[str, ...], as_json: bool) -> None:
     """Run the rendezvous server: signaling plus STUN/TURN."""
-    import ipaddress
-
     from signaling.rendezvous import Rendezvous, RendezvousConfig
     from signaling.server import ServerConfig
 
     out = _Output(as_json)
-    try:
-        if turn_urls and not turn_secret:
-            raise ConfigError("--turn needs --turn-secret (the TURN server's shared secret)")
-        for url in turn_urls:
-            if not url.startswith(("turn:", "turns:")):
-                raise ConfigError(f"--turn URL must start with turn: or turns: ({url!r})")
-        for cidr in relay_allow:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(f"--relay-allow {cidr!r} is not a CIDR range") from None
-        if public_ip is not None:
-            try:
-                ipaddress.ip_address(public_ip)
-            except ValueError:
-                raise ConfigError(f"--public-ip {public_ip!r} is not an IP address") from None
-        from mesh.proto.identity import decode_node_id
-
-        for key in gateways:
-            try:
-                decode_node_id(key)
-            except ValueError:
-                raise ConfigError(f"--gateway {key!r} is not a node id (see `mesh id`)") from None
-    except MeshError as exc:
-        _fail(as_json, exc)
-    config = RendezvousConfig(
-        signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip, rate=rate,
-                            gateways=frozenset(gateways)),
+    config = _configured(as_json, lambda: RendezvousConfig(
+        signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip,
+                            rate=rate, gateways=frozenset(gateways)),
         stun_port=None if no_turn else stun_port, public_ip=public_ip, turn_urls=turn_urls,
         turn_secret=turn_secret.encode() if turn_secret else None, relay_allow=relay_allow,
         max_allocations=max_allocations, max_allocations_per_user=max_allocations_per_user,
-        relay_bandwidth=relay_bandwidth, redis_url=redis_url, presence_ttl=presence_ttl,
-    )
+        relay_bandwidth=relay_bandwidth, redis_url=redis_url, presence_ttl=presence_ttl))
 
     async def run() -> None:
         _raise_fd_limit()
@@ -202,7 +201,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
         sc = server.signal.config
         out(events.SignalReady(url, list(sc.stun_urls), list(sc.turn_urls)))
         try:
-            await asyncio.Event().wait()
+            await _forever()
         finally:
             await server.stop()
 
@@ -210,7 +209,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
 
 
 def _raise_fd_limit() -> None:
-    """A signaling server holds one socket per node: use the whole hard limit."""
+    """A server holds one socket per client: use the whole hard limit."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -219,35 +218,20 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _parse_target(target: str) -> tuple[str, int]:
-    host, sep, port_s = target.rpartition(":")
-    if not sep:
-        host, port_s = "127.0.0.1", target
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        port = int(port_s)
-    except ValueError:
-        raise ConfigError(f"cannot share {target!r}: give a port or HOST:PORT") from None
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"cannot share port {port}: ports are 1-65535")
-    return host, port
-
-
+# -- mesh share ----------------------------------------------------------------------------
 @main.command("share")
 @click.argument("target")
-@click.option("--signal", "signal_urls", multiple=True, metavar="URL",
-              help="Signaling server (repeatable; default: $MESH_SIGNAL).")
-@click.option("--name", default="", help="Name of the share (default: HOST-PORT).")
+@signal_option
+@click.option("--name", default="", help="Name of the share: a DNS label (default: "
+                                         "HOSTNAME-PORT).")
 @click.option("--allow", multiple=True, metavar="NODE_ID",
               help="Admit only this peer key (repeatable).")
 @click.option("--ttl", default=7 * 24 * 3600, show_default=True, type=click.IntRange(60),
-              help="Seconds the ticket stays valid.")
+              help="Seconds the ticket stays valid (at least 60).")
 @click.option("--max-peers", default=64, show_default=True, type=click.IntRange(1),
-              help="Peers connected at once.")
-@click.option("--max-streams", default=4096, show_default=True, type=click.IntRange(1),
-              help="Concurrent connections per peer.")
-@click.option("--idle-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="Close a connection idle this many seconds (0: never).")
+              help="Admitted peers connected at once.")
+@max_streams_option
+@idle_option
 @click.option("--new-ticket", is_flag=True,
               help="Replace this share name's secret: older tickets stop working.")
 @click.option("--no-lan", is_flag=True,
@@ -256,9 +240,9 @@ def _parse_target(target: str) -> tuple[str, int]:
               help="Admit LAN peers that connect by name without the ticket.")
 @click.option("--http", "http_mode", is_flag=True,
               help="Speak HTTP to the service: request log, inspector, auth, headers.")
-@click.option("--inspect", "inspect_addr", default="127.0.0.1:4040", show_default=True,
-              metavar="ADDR", help="With --http: where the request inspector listens "
-                                   "(loopback only).")
+@click.option("--inspect", "inspect_addr", default=None, metavar="ADDR",
+              help="With --http: where the request inspector listens (loopback only; "
+                   "default 127.0.0.1:4040, or the next free port up to 4049).")
 @click.option("--no-inspect", is_flag=True, help="With --http: no inspector.")
 @click.option("--basic-auth", default=None, metavar="USER:PASS",
               help="With --http: require these credentials (checked by this side).")
@@ -270,104 +254,64 @@ def _parse_target(target: str) -> tuple[str, int]:
                    "gateway (implies --http).")
 @click.option("--public-auth", default=None, metavar="USER:PASS",
               help="With --public: the gateway demands these Basic credentials.")
-@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@json_option
 def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple[str, ...],
               ttl: int, max_peers: int, max_streams: int, idle_timeout: float,
               new_ticket: bool, no_lan: bool, lan_open: bool, http_mode: bool,
-              inspect_addr: str, no_inspect: bool, basic_auth: str | None,
+              inspect_addr: str | None, no_inspect: bool, basic_auth: str | None,
               host_header: str | None, public: bool, public_auth: str | None,
               as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
-    from mesh.http.policy import parse_basic_auth
-    from mesh.node.share import Share, ShareConfig
-    from mesh.proto.identity import decode_node_id
+    from .node.config import ShareConfig
+    from .node.share import Share
+    from .proto.names import check_basic_auth, parse_hostport
 
-    out = _Output(as_json)
-    try:
-        host, port = _parse_target(target)
-        urls = _signal_urls(signal_urls)
-        lan = not no_lan and os.environ.get("MESH_LAN", "on").lower() not in ("off", "0", "no")
-        if not urls and not lan:
-            raise ConfigError("no signaling server and LAN mode is off: pass --signal "
-                              "ws://HOST:PORT/ or set MESH_SIGNAL (start one with `mesh signal`)")
-        for key in allow:
-            try:
-                decode_node_id(key)
-            except ValueError:
-                raise ConfigError(f"--allow {key!r} is not a node id") from None
+    def build() -> ShareConfig:
+        host, port = parse_hostport(target, "share target", default_host="127.0.0.1")
         http = _http_config(http_mode or public, inspect_addr, no_inspect, basic_auth,
                             host_header)
-        pub_auth = None
-        if public_auth is not None:
-            if not public:
-                raise ConfigError("--public-auth needs --public")
-            try:
-                pub_auth = parse_basic_auth(public_auth)
-            except ValueError as exc:
-                raise ConfigError(str(exc).replace("--basic-auth", "--public-auth")) from None
-        if public:
-            from mesh.proto.frames import valid_name
+        return ShareConfig(
+            port=port, host=host, name=name, signal_urls=environ.signal_urls(signal_urls),
+            ttl=ttl, allow=frozenset(allow) if allow else None, max_peers=max_peers,
+            max_streams=max_streams, idle_timeout=idle_timeout, new_ticket=new_ticket,
+            lan=not no_lan and environ.lan_enabled(), lan_open=lan_open, http=http,
+            public=public, public_auth=(check_basic_auth(public_auth, "--public-auth")
+                                        if public_auth is not None else None))
 
-            if not name:
-                raise ConfigError("--public needs --name NAME (the NAME in NAME.DOMAIN)")
-            if not valid_name(name):
-                raise ConfigError(f"--name {name!r}: a public name is one lower-case DNS "
-                                  "label (a-z, 0-9, -)")
-            if not urls:
-                raise ConfigError("--public needs --signal URL (a server whose operator "
-                                  "runs `mesh gateway`)")
-    except MeshError as exc:
-        _fail(as_json, exc)
-    config = ShareConfig(
-        port=port, host=host, name=name or f"{socket.gethostname()}-{port}",
-        signal_urls=urls, ttl=ttl, allow=frozenset(allow) if allow else None,
-        max_peers=max_peers, max_streams=max_streams, idle_timeout=idle_timeout,
-        new_ticket=new_ticket, lan=lan, lan_open=lan_open, http=http, public=public,
-        public_auth=pub_auth,
-    )
+    out = _Output(as_json)
+    config = _configured(as_json, build)
 
     async def run() -> None:
         async with Share(config, on_event=out):
-            await asyncio.Event().wait()
+            await _forever()
 
     _run(out, run)
 
 
-def _http_config(http_mode: bool, inspect_addr: str, no_inspect: bool,
+def _http_config(http_mode: bool, inspect_addr: str | None, no_inspect: bool,
                  basic_auth: str | None, host_header: str | None) -> Any:
-    from mesh.http.inspector import parse_addr
-    from mesh.http.policy import parse_basic_auth
-    from mesh.http.proxy import HttpConfig
+    from .http.proxy import HttpConfig
 
     if not http_mode:
         given = [flag for flag, on in (("--basic-auth", basic_auth is not None),
                                        ("--host-header", host_header is not None),
                                        ("--no-inspect", no_inspect),
-                                       ("--inspect", inspect_addr != "127.0.0.1:4040")) if on]
+                                       ("--inspect", inspect_addr is not None)) if on]
         if given:
             raise ConfigError(f"{given[0]} needs --http")
         return None
-    try:
-        auth = parse_basic_auth(basic_auth) if basic_auth is not None else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if host_header is not None and (not host_header.strip() or any(
-            c in host_header for c in "\r\n\0 ")):
-        raise ConfigError("--host-header must be rewrite or a host[:port] without spaces")
-    if not no_inspect:
-        parse_addr(inspect_addr)  # loopback only: fail before any I/O
-    return HttpConfig(basic_auth=auth, host_header=host_header,
-                      inspect=None if no_inspect else inspect_addr)
+    return HttpConfig.from_flags(basic_auth=basic_auth, host_header=host_header,
+                                 inspect=inspect_addr, no_inspect=no_inspect)
 
 
+# -- mesh gateway ----------------------------------------------------------------------------
 @main.command("gateway")
 @click.option("--domain", required=True, help="Serve shares as NAME.DOMAIN.")
 @click.option("--listen", "listen", default="0.0.0.0:8080", show_default=True, metavar="ADDR",
               help="HOST:PORT to serve HTTP(S) on (port 0 picks a free one).")
 @click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain).")
 @click.option("--tls-key", default=None, metavar="FILE", help="PEM private key.")
-@click.option("--signal", "signal_urls", multiple=True, metavar="URL",
-              help="Signaling server (repeatable; default: $MESH_SIGNAL).")
+@signal_option
 @click.option("--public-url", default=None, metavar="URL",
               help="Base URL shares print, when the gateway sits behind something else.")
 @click.option("--max-body", default=10 * 1024 * 1024, show_default=True,
@@ -383,67 +327,56 @@ def _http_config(http_mode: bool, inspect_addr: str, no_inspect: bool,
               type=click.IntRange(1), help="Open requests per share (503 beyond).")
 @click.option("--share-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a share has to start answering (504 beyond).")
-@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@json_option
 def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
                 signal_urls: tuple[str, ...], public_url: str | None, max_body: int,
                 rate_per_share: float, rate_per_client: float, burst: float,
                 max_streams_per_share: int, share_timeout: float, as_json: bool) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
-    from mesh.node.gateway import (
-        Gateway,
-        GatewayConfig,
-        check_public_url,
-        parse_listen,
-        valid_domain,
-    )
+    from .node.config import GatewayConfig
+    from .node.gateway import Gateway
+    from .proto.names import parse_hostport
+
+    def build() -> GatewayConfig:
+        host, port = parse_hostport(listen, "--listen", default_host="0.0.0.0", zero_ok=True)
+        return GatewayConfig(
+            domain=domain, signal_urls=environ.signal_urls(signal_urls), host=host, port=port,
+            tls_cert=tls_cert, tls_key=tls_key, public_url=public_url, max_body=max_body,
+            rate_per_share=rate_per_share, burst_per_share=burst,
+            rate_per_client=rate_per_client, burst_per_client=burst,
+            max_streams_per_share=max_streams_per_share, share_timeout=share_timeout)
 
     out = _Output(as_json)
-    try:
-        urls = _signal_urls(signal_urls)
-        if not urls:
-            raise ConfigError("the gateway needs --signal URL (or MESH_SIGNAL)")
-        if not valid_domain(domain):
-            raise ConfigError(f"--domain {domain!r} is not a domain name")
-        host, port = parse_listen(listen)
-        if public_url is not None:
-            check_public_url(public_url)
-    except MeshError as exc:
-        _fail(as_json, exc)
-    config = GatewayConfig(
-        domain=domain.lower(), signal_urls=urls, host=host, port=port, tls_cert=tls_cert,
-        tls_key=tls_key, public_url=public_url, max_body=max_body,
-        rate_per_share=rate_per_share, burst_per_share=burst,
-        rate_per_client=rate_per_client, burst_per_client=burst,
-        max_streams_per_share=max_streams_per_share, share_timeout=share_timeout)
+    config = _configured(as_json, build)
 
     async def run() -> None:
+        _raise_fd_limit()
         async with Gateway(config, on_event=out):
-            await asyncio.Event().wait()
+            await _forever()
 
     _run(out, run)
 
 
+# -- mesh release ----------------------------------------------------------------------------
 @main.command("release")
 @click.argument("name")
-@click.option("--signal", "signal_urls", multiple=True, metavar="URL",
-              help="Signaling server (repeatable; default: $MESH_SIGNAL).")
+@signal_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Give up a public name this machine's key holds."""
-    from mesh.node.home import load_or_create
-    from mesh.node.signal_client import SignalClient
+    from .node.home import load_or_create
+    from .node.signal_client import SignalClient
+    from .proto.names import check_name
 
-    out = _Output(as_json)
-    try:
-        urls = _signal_urls(signal_urls)
+    def build() -> tuple[str, ...]:
+        check_name(name, "name")
+        urls = environ.signal_urls(signal_urls)
         if not urls:
             raise ConfigError("pass --signal URL (or set MESH_SIGNAL)")
-        from mesh.proto.frames import valid_name
+        return urls
 
-        if not valid_name(name):
-            raise ConfigError(f"{name!r} is not a public name (one lower-case DNS label)")
-    except MeshError as exc:
-        _fail(as_json, exc)
+    out = _Output(as_json)
+    urls = _configured(as_json, build)
 
     async def run() -> None:
         client = SignalClient(load_or_create(), list(urls), lambda sender, payload: None)
@@ -457,6 +390,7 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     _run(out, run)
 
 
+# -- mesh connect -----------------------------------------------------------------------------
 @main.command("connect")
 @click.argument("ticket")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
@@ -465,10 +399,8 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
               help="Local address to listen on.")
 @click.option("--signal", "signal_urls", multiple=True, metavar="URL",
               help="Signaling server to use instead of the ticket's (repeatable).")
-@click.option("--max-streams", default=4096, show_default=True, type=click.IntRange(1),
-              help="Local connections tunnelled at once.")
-@click.option("--idle-timeout", default=0.0, show_default=True, type=click.FloatRange(0),
-              help="Close a connection idle this many seconds (0: never).")
+@max_streams_option
+@idle_option
 @click.option("--retry-direct", default=30.0, show_default=True, type=click.FloatRange(1),
               help="While on the relay, try the direct path again every this many seconds.")
 @click.option("--http", "http_mode", is_flag=True,
@@ -477,57 +409,61 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--relay-only", is_flag=True,
               help="Connect only through the TURN relay: the sharer never sees this "
                    "machine's addresses.")
-@click.option("--json", "as_json", is_flag=True, help="Print events as JSON lines.")
+@json_option
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
                 http_mode: bool, relay_only: bool, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
-    from mesh.node.connect import ConnectConfig, Tunnel, resolve
-    from mesh.proto import ticket as ticket_mod
+    from .node.config import ConnectConfig
+    from .node.connect import Tunnel
+    from .node.discovery import resolve
+    from .proto import ticket as ticket_mod
+
+    options: dict[str, Any] = dict(
+        port=port, host=bind_host, max_streams=max_streams, idle_timeout=idle_timeout,
+        upgrade_interval=retry_direct, http=http_mode, relay_only=relay_only)
+
+    def build() -> tuple[str, ...]:
+        urls = environ.signal_urls(signal_urls) if signal_urls else ()
+        if ticket_mod.looks_like_ticket(ticket) or ticket.startswith(ticket_mod.PREFIX):
+            parsed = ticket_mod.decode(ticket, now=time.time())  # fail fast, before any I/O
+            ConnectConfig(ticket=parsed, signal_urls=urls, **options)
+        return urls
 
     out = _Output(as_json)
-    try:
-        urls = _signal_urls(signal_urls) if signal_urls else ()
-        if ticket_mod.looks_like_ticket(ticket) or ticket.startswith(ticket_mod.PREFIX):
-            ticket_mod.decode(ticket, now=time.time())  # fail fast, before any I/O
-    except MeshError as exc:
-        _fail(as_json, exc)
+    urls = _configured(as_json, build)
 
     async def run() -> None:
         parsed, by_name = await resolve(ticket, time.time())
-        config = ConnectConfig(ticket=parsed, port=port, host=bind_host, signal_urls=urls,
-                               max_streams=max_streams, idle_timeout=idle_timeout,
-                               upgrade_interval=retry_direct, by_name=by_name,
-                               http=http_mode, relay_only=relay_only)
+        config = ConnectConfig(ticket=parsed, signal_urls=urls, by_name=by_name, **options)
         async with Tunnel(config, on_event=out):
-            await asyncio.Event().wait()
+            await _forever()
 
     _run(out, run)
 
 
+# -- mesh netcheck, ls, status, id -------------------------------------------------------------
 @main.command("netcheck")
 @click.option("--signal", "signal_urls", multiple=True, metavar="URL",
               help="Signaling server to check against (default: $MESH_SIGNAL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Report what this network allows: public address, NAT type, UDP, TURN, latency."""
-    from dataclasses import asdict
+    from .node.home import load_or_create
+    from .node.netcheck import netcheck
 
-    from mesh.node.home import load_or_create
-    from mesh.node.netcheck import netcheck
-
-    out = _Output(as_json)
-    try:
-        urls = _signal_urls(signal_urls)
+    def build() -> tuple[str, ...]:
+        urls = environ.signal_urls(signal_urls)
         if not urls:
             raise ConfigError("no signaling server: pass --signal ws://HOST:PORT/ or set "
                               "MESH_SIGNAL")
-    except MeshError as exc:
-        _fail(as_json, exc)
+        return urls
+
+    out = _Output(as_json)
+    urls = _configured(as_json, build)
 
     async def run() -> None:
-        report = await netcheck(load_or_create(), list(urls))
-        out(events.NetcheckEvent(**asdict(report)))
+        out(await netcheck(load_or_create(), list(urls)))
 
     _run(out, run)
 
@@ -538,7 +474,7 @@ def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per share.")
 def ls_cmd(timeout: float, as_json: bool) -> None:
     """List the shares visible on this network (mDNS)."""
-    from mesh.node.discovery import browse
+    from .node.discovery import browse
 
     out = _Output(as_json)
 
@@ -564,46 +500,26 @@ def ls_cmd(timeout: float, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per running process.")
 def status_cmd(as_json: bool) -> None:
     """Show every running share and connect on this machine."""
-    from mesh.node.status import query_all
+    from .node.status import describe, query_all
 
     procs = asyncio.run(query_all())
     if as_json:
         for proc in procs:
             click.echo(json.dumps({"event": "status", **proc}, default=str))
         return
-    if not procs:
-        click.echo("no mesh share or connect is running")
-        return
-    for proc in procs:
-        up = f"up {proc.get('uptime_s', 0):.0f}s"
-        if proc.get("kind") == "share":
-            click.echo(f"share {proc.get('name')!r} -> {proc.get('target')}  pid {proc['pid']}  "
-                       f"{up}  peers {len(proc.get('peers', []))}")
-            for peer in proc.get("peers", []):
-                click.echo(f"  {str(peer['peer'])[:8]}  {peer.get('path') or '-':6}  "
-                           f"rtt {peer.get('rtt_ms')} ms  streams {peer['streams_open']}  "
-                           f"in {peer['bytes_in']} B  out {peer['bytes_out']} B  "
-                           f"up {peer['uptime_s']:.0f}s")
-        else:
-            click.echo(f"connect {proc.get('name')!r} on 127.0.0.1:{proc.get('port')}  "
-                       f"pid {proc['pid']}  {up}  {proc.get('path') or 'disconnected'}  "
-                       f"rtt {proc.get('rtt_ms')} ms  streams {proc.get('streams_open')}  "
-                       f"in {proc.get('bytes_in')} B  out {proc.get('bytes_out')} B")
+    click.echo("\n".join(describe(procs)))
 
 
 @main.command("id")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 def id_cmd(as_json: bool) -> None:
     """Print this machine's node id (creating the key on first use)."""
-    from mesh.node.home import load_or_create, mesh_home
+    from .node.home import load_or_create
 
-    try:
-        ident = load_or_create()
-    except MeshError as exc:
-        _fail(as_json, exc)
-    info: dict[str, Any] = {"node_id": ident.node_id, "home": str(mesh_home())}
+    ident = _configured(as_json, load_or_create)
     if as_json:
-        click.echo(json.dumps({"event": "id", **info}))
+        click.echo(json.dumps({"event": "id", "node_id": ident.node_id,
+                               "home": str(environ.home())}))
     else:
         click.echo(ident.node_id)
 

@@ -6,9 +6,29 @@ class docstring says what the category means. Errors from aiortc, aiohttp and
 zeroconf are translated into this tree where they enter (see ``translate``
 helpers in the modules that wrap those libraries), and the CLI turns any
 ``MeshError`` into one line and the exit code given by ``exit_code``.
+
+Exit codes (``EXIT_CODES``; the README has the same table):
+
+====  =============================================================
+0     stopped by SIGTERM, or done
+1     other error
+2     bad configuration (a flag, a variable, a file)
+3     bad ticket (malformed, tampered, expired)
+4     signaling server unreachable or refusing, or the share offline
+5     peer connection or admission failed
+6     a local address or port is in use
+7     a public name is held by another key (ownership)
+70    internal error (a bug: one line; details with ``-v``)
+130   interrupted (Ctrl-C)
+====  =============================================================
+
+This module imports nothing of mesh: every layer may raise these.
 """
 
 from __future__ import annotations
+
+INTERNAL = 70
+INTERRUPTED = 130
 
 
 class MeshError(Exception):
@@ -95,3 +115,21 @@ class NameTaken(MeshError):
     """A public name is held by another node key (first claim wins)."""
 
     exit_code = 7
+
+
+class NotOwner(NameTaken):
+    """This node key does not hold the public name it tried to change."""
+
+
+EXIT_CODES: dict[int, str] = {
+    0: "stopped by SIGTERM, or done",
+    1: "other error",
+    2: "bad configuration",
+    3: "bad ticket",
+    4: "signaling server unreachable, or the share offline",
+    5: "peer connection or admission failed",
+    6: "a local address or port is in use",
+    7: "a public name is held by another key",
+    INTERNAL: "internal error",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+}

@@ -20,11 +20,12 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mesh.node.connect import Tunnel
+if TYPE_CHECKING:  # every pytest run loads this plugin: keep aiortc out of its start-up
+    from mesh.node.connect import Tunnel
 
 try:
     import pytest_asyncio

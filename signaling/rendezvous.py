@@ -12,6 +12,9 @@ import ipaddress
 import secrets
 from dataclasses import dataclass, field, replace
 
+from mesh.errors import ConfigError
+from mesh.proto import names
+
 from . import gctune
 from .policy import RelayPolicy
 from .server import ServerConfig, SignalServer
@@ -41,6 +44,27 @@ class RendezvousConfig:
     """Share presence and routing with other instances through this Redis."""
     presence_ttl: float = 15.0
     """Seconds after which a silent instance's nodes vanish from presence."""
+
+    def __post_init__(self) -> None:
+        if self.stun_port is not None:
+            names.check_port(self.stun_port, "--stun-port", zero_ok=True)
+        if self.public_ip is not None:
+            names.check_ip(self.public_ip, "--public-ip")
+        if self.turn_urls and not self.turn_secret:
+            raise ConfigError("--turn needs --turn-secret (the TURN server's shared secret)")
+        for url in self.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                raise ConfigError(f"--turn URL must start with turn: or turns: ({url!r})")
+        for cidr in self.relay_allow:
+            names.check_cidr(cidr, "--relay-allow")
+        if self.redis_url is not None and not self.redis_url.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"--redis {self.redis_url!r} must be a redis:// URL")
+        if min(self.max_allocations, self.max_allocations_per_user) < 1 or (
+                self.relay_bandwidth < 1024):
+            raise ConfigError("--max-allocations and --max-allocations-per-user must be at "
+                              "least 1, --relay-bandwidth at least 1024")
+        names.check_positive(self.presence_ttl, "--presence-ttl")
 
 
 def _url_host(host: str) -> str:

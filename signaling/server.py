@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import secrets
 import socket
@@ -24,7 +25,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from mesh.errors import AddressInUse, ConfigError
 from mesh.proto import frames as p
+from mesh.proto import names
 from mesh.proto.identity import verify
 from mesh.proto.limits import ConnectionCounter, TokenBucket
 
@@ -64,6 +67,16 @@ class ServerConfig:
     """Seconds the handed-out TURN credentials stay valid."""
     gateways: frozenset[str] = frozenset()
     """Node ids allowed to announce themselves as the public gateway (``--gateway``)."""
+
+    def __post_init__(self) -> None:
+        names.check_host(self.host, "--host")
+        names.check_port(self.port, "--port", zero_ok=True)
+        for key in self.gateways:
+            names.check_node_id(key, "--gateway")
+        for what in ("rate", "burst", "register_timeout"):
+            names.check_positive(getattr(self, what), "--" + what.replace("_", "-"))
+        if self.max_conns_per_ip < 1 or self.outbox < 1 or self.max_frame < 1024:
+            raise ConfigError("--max-conns-per-ip must be at least 1")
 
     def ice_servers(self, node: str, now: float) -> tuple[dict[str, Any], ...]:
         servers: list[dict[str, Any]] = []
@@ -159,14 +172,11 @@ class SignalServer:
         try:
             await site.start()
         except OSError as exc:
-            from mesh.errors import AddressInUse, ConfigError
-
-            if exc.errno == 98:
-                raise AddressInUse(
-                    f"cannot listen on {self.config.host}:{self.config.port}: address in use"
-                ) from exc
-            raise ConfigError(f"cannot listen on {self.config.host}:{self.config.port}: "
-                              f"{exc.strerror}") from exc
+            where = f"{self.config.host}:{self.config.port}/tcp"
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"the signaling port {where} is taken; use --port "
+                                   "(0 picks a free one)") from exc
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror}") from exc
         server = site._server
         assert server is not None
         sock: socket.socket = server.sockets[0]  # type: ignore[attr-defined]

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from typing import Any, cast
 
+from mesh.errors import AddressInUse
 from mesh.proto import stun
 
 from . import sockopt
@@ -26,6 +29,18 @@ from .policy import RelayPolicy
 from .turn import ClientKey, Output, Release, ToClient, ToPeer, TurnConfig, TurnCore
 
 log = logging.getLogger("mesh.turn")
+
+@contextlib.contextmanager
+def _naming(host: str, port: int, proto: str) -> Iterator[None]:
+    """Turn "address in use" into an error that names the address and the flag."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE or port == 0:
+            raise
+        raise AddressInUse(f"the STUN/TURN port {host}:{port}/{proto} is taken; use "
+                           "--stun-port (0 picks a free one) or --no-turn") from exc
+
 
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: TurnServer, name: str = "udp") -> None:
@@ -82,7 +97,7 @@ class TurnServer:
             try:
                 await self._bind(wanted)
                 break
-            except OSError:
+            except (OSError, AddressInUse):
                 await self._unbind()
                 if wanted != 0 or attempt == 19:
                     raise
@@ -90,15 +105,18 @@ class TurnServer:
 
     async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        _, self._udp = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(self.host, port))
+        with _naming(self.host, port, "udp"):
+            _, self._udp = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(self.host, port))
         assert self._udp.transport is not None
         self.port = self._udp.transport.get_extra_info("sockname")[1]
         sockopt.prepare_datagram_socket(self._udp.transport.get_extra_info("socket"))
+        # the second port only lets `mesh netcheck` tell cone from symmetric NAT
         with contextlib.suppress(OSError):
             _, self._alt = await loop.create_datagram_endpoint(
                 lambda: _Udp(self, "udp-alt"), local_addr=(self.host, self.port + 1))
-        self._tcp = await asyncio.start_server(self._on_tcp, self.host, self.port)
+        with _naming(self.host, self.port, "tcp"):
+            self._tcp = await asyncio.start_server(self._on_tcp, self.host, self.port)
 
     async def _unbind(self) -> None:
         for proto in (self._udp, self._alt):

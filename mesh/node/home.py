@@ -13,20 +13,16 @@ import hashlib
 import os
 from pathlib import Path
 
-import platformdirs
-
 from mesh.errors import IdentityError
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import new_secret
 
+from . import environ
+
 
 def mesh_home() -> Path:
-    """The directory holding mesh's persistent state."""
-    env = os.environ.get("MESH_HOME")
-    if env:
-        return Path(env)
-    return Path(platformdirs.user_config_dir("mesh"))
-
+    """The directory holding mesh's persistent state (``MESH_HOME``)."""
+    return environ.home()
 
 
 def load_or_create(home: Path | None = None) -> Identity:

@@ -2,8 +2,8 @@
 
 Each running `mesh share`/`mesh connect` listens on a Unix socket
 ``<runtime dir>/<pid>.sock`` (mode 0600, in a 0700 directory). The runtime dir
-is ``$MESH_HOME/run`` when ``MESH_HOME`` is set, else the user runtime dir
-(``$XDG_RUNTIME_DIR/mesh``). Protocol: the client sends one line
+is ``$MESH_HOME/run`` when ``MESH_HOME`` is set, else ``$XDG_RUNTIME_DIR/mesh``,
+else the ``run`` folder of the config dir (environ.py). Protocol: the client sends one line
 ``status\\n``; the server answers one line of JSON (the snapshot) and closes.
 Sockets whose process is gone are removed by the next ``query_all``.
 """
@@ -18,16 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import platformdirs
+from . import environ
 
 Snapshot = Callable[[], dict[str, Any]]
 
 
 def runtime_dir() -> Path:
-    home = os.environ.get("MESH_HOME")
-    if home:
-        return Path(home) / "run"
-    return Path(platformdirs.user_runtime_dir("mesh"))
+    return environ.runtime()
 
 
 def process_counts() -> dict[str, int]:
@@ -103,3 +100,26 @@ async def query_all(timeout: float = 2.0) -> list[dict[str, Any]]:
         finally:
             writer.close()
     return results
+
+
+def describe(procs: list[dict[str, Any]]) -> list[str]:
+    """`mesh status` for humans: a line per process, one more per share peer."""
+    if not procs:
+        return ["no mesh share or connect is running"]
+    lines = []
+    for proc in procs:
+        up = f"up {proc.get('uptime_s', 0):.0f}s"
+        if proc.get("kind") == "share":
+            lines.append(f"share {proc.get('name')!r} -> {proc.get('target')}  "
+                         f"pid {proc.get('pid')}  {up}  peers {len(proc.get('peers', []))}")
+            for peer in proc.get("peers", []):
+                lines.append(f"  {str(peer.get('peer'))[:8]}  {peer.get('path') or '-':6}  "
+                             f"rtt {peer.get('rtt_ms')} ms  streams {peer.get('streams_open')}  "
+                             f"in {peer.get('bytes_in')} B  out {peer.get('bytes_out')} B  "
+                             f"up {peer.get('uptime_s', 0):.0f}s")
+        else:
+            lines.append(f"connect {proc.get('name')!r} on 127.0.0.1:{proc.get('port')}  "
+                         f"pid {proc.get('pid')}  {up}  {proc.get('path') or 'disconnected'}  "
+                         f"rtt {proc.get('rtt_ms')} ms  streams {proc.get('streams_open')}  "
+                         f"in {proc.get('bytes_in')} B  out {proc.get('bytes_out')} B")
+    return lines

@@ -53,11 +53,11 @@ import base64
 import binascii
 import functools
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from .identity import NODE_ID_LEN, decode_node_id
+from .names import valid_name
 
 VERSION = 1
 MAX_FRAME = 64 * 1024
@@ -149,12 +149,6 @@ ClientFrame = Register | Send | Ping | NameOp | Announce
 ServerFrame = Hello | Registered | Deliver | Error | Pong | NameResult
 
 NAME_OPS = ("claim", "release", "lookup")
-_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-
-
-def valid_name(name: object) -> bool:
-    """A public share name: one lower-case DNS label (``hooks``, ``my-app-2``)."""
-    return isinstance(name, str) and _LABEL.fullmatch(name) is not None
 
 
 def _name(value: Any) -> str:

@@ -173,7 +173,7 @@ def test_bad_share_target(mesh: Mesh) -> None:
     assert_clean_failure(mesh.run("share", "99999", "--signal", "ws://127.0.0.1:1/", "--json"),
                          2, "ports are 1-65535")
     assert_clean_failure(mesh.run("share", "web", "--signal", "ws://127.0.0.1:1/", "--json"),
-                         2, "give a port")
+                         2, "give PORT or HOST:PORT")
 
 
 def test_allow_list_refuses_other_keys(mesh: Mesh, echo: EchoServer) -> None:

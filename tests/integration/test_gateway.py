@@ -195,7 +195,7 @@ def test_names_are_first_come_and_released_explicitly(env: Env, service: Service
                          "taken", "--public", "--json", home="thief", timeout=60)
     assert again.returncode == 7
     assert env.mesh.run("release", "taken", "--signal", env.signal_url,
-                        home="thief").returncode == 4  # not the holder
+                        home="thief").returncode == 7  # not the holder: ownership
     released = env.mesh.run("release", "taken", "--signal", env.signal_url, "--json",
                             home="sharer")
     assert released.returncode == 0 and json.loads(released.stdout)["event"] == "released"
@@ -263,10 +263,12 @@ def test_gateway_flags_are_checked(mesh: Mesh) -> None:
         (["gateway", "--domain", "x.test"], "--signal"),
         (["gateway", "--domain", "x.test", "--signal", "ws://127.0.0.1:9/",
           "--listen", "nope"], "--listen"),
-        (["share", "80", "--public", "--signal", "ws://127.0.0.1:9/"], "--name"),
+        (["share", "80", "--public-auth", "u:p", "--signal", "ws://127.0.0.1:9/"],
+         "--public-auth needs --public"),
         (["share", "80", "--public", "--name", "Bad_Name", "--signal", "ws://127.0.0.1:9/"],
          "DNS label"),
-        (["release", "Bad_Name", "--signal", "ws://127.0.0.1:9/"], "public name"),
+        (["share", "80", "--name", "bad name!", "--signal", "ws://127.0.0.1:9/"], "DNS label"),
+        (["release", "Bad_Name", "--signal", "ws://127.0.0.1:9/"], "DNS label"),
     ):
         res = subprocess.run(MESH + args, capture_output=True, text=True, timeout=30,
                              env=mesh.env())

@@ -6,10 +6,11 @@ import asyncio
 
 import pytest
 
-from mesh.node.gateway import route_name, valid_domain
-from mesh.node.share import public_urls
+from mesh.node.gateway import route_name
+from mesh.node.public import public_urls
 from mesh.proto import frames as p
 from mesh.proto.identity import Identity
+from mesh.proto.names import valid_domain
 from signaling.broker import MemoryBroker
 
 A = Identity.from_seed(b"\x01" * 32).node_id

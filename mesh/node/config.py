@@ -1,0 +1,218 @@
+"""Configuration of the node roles: share, connect, gateway. Frozen, and self-checking.
+
+Each class checks every field in ``__post_init__`` (with mesh/proto/names.py)
+and raises ``ConfigError`` with a one-line message, before any I/O; the
+command line, the Python API and ``mesh.toml`` build these same classes, so
+they accept and refuse the same things with the same words. Defaults that
+come from the environment (``MESH_ICE_ADDRESSES``, ``MESH_PLPMTUD``) are read
+through environ.py.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from mesh.errors import ConfigError
+from mesh.http.proxy import HttpConfig
+from mesh.proto import names
+from mesh.proto.ticket import Ticket
+from mesh.transport.peer import IceSettings
+
+from . import environ
+
+
+def ice_from_env() -> IceSettings:
+    return IceSettings(host_addresses=environ.ice_addresses(),
+                       plpmtud=environ.plpmtud_enabled())
+
+
+def _positive(obj: object, *fields: str, zero_ok: bool = False) -> None:
+    for name in fields:
+        names.check_positive(getattr(obj, name), name.replace("_", "-"), zero_ok=zero_ok)
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    port: int
+    """Port of the service to share."""
+    host: str = "127.0.0.1"
+    """Host of the service to share (the sharer dials only host:port)."""
+    name: str = ""
+    """Name of the share (a DNS label); empty: ``<hostname>-<port>``."""
+    signal_urls: tuple[str, ...] = ()
+    """Signaling servers to register with, in order of preference."""
+    ttl: float = 7 * 24 * 3600
+    """Seconds the ticket stays valid (at least 60)."""
+    allow: frozenset[str] | None = None
+    """If set, only these peer node ids are admitted."""
+    max_peers: int = 64
+    """Admitted peers connected at once."""
+    max_streams: int = 4096
+    """Concurrent tunnelled connections per peer."""
+    handshake_timeout: float = 15.0
+    """Seconds a peer has from its offer to admission."""
+    dial_timeout: float = 10.0
+    """Seconds to connect to the shared service."""
+    idle_timeout: float = 0.0
+    """Close a tunnelled connection idle this many seconds (0: never)."""
+    control_socket: bool = True
+    """Answer `mesh status` on a local Unix socket."""
+    persist_secret: bool = True
+    """Keep the admission secret per share name, so tickets survive restarts."""
+    new_ticket: bool = False
+    """Replace the kept secret: every older ticket for this name stops working."""
+    lan: bool = True
+    """Serve signaling on the LAN and advertise the share with mDNS."""
+    lan_host: str = "0.0.0.0"
+    """Address the LAN signaling endpoint listens on."""
+    lan_open: bool = False
+    """Admit LAN peers that connect by name, without the ticket (always so when no
+    signaling server is configured: LAN-only mode)."""
+    http: HttpConfig | None = None
+    """Speak HTTP/1.1 to the service: request log, inspector, auth (``--http``)."""
+    public: bool = False
+    """Claim ``name`` and let the signaling tier's gateway serve it (``--public``)."""
+    public_auth: tuple[str, str] | None = None
+    """Basic credentials the gateway demands from public callers (``--public-auth``)."""
+    ice: IceSettings = field(default_factory=ice_from_env)
+    """Which local addresses ICE uses, and path MTU discovery."""
+
+    def __post_init__(self) -> None:
+        names.check_port(self.port, "port")
+        names.check_host(self.host, "host")
+        if self.name:
+            names.check_name(self.name)
+        else:
+            object.__setattr__(self, "name", names.default_share_name(socket.gethostname(),
+                                                                       self.port))
+        for url in self.signal_urls:
+            names.check_signal_url(url)
+        if not self.signal_urls and not self.lan:
+            raise ConfigError("no signaling server and LAN mode is off: pass --signal "
+                              "ws://HOST:PORT/ or set MESH_SIGNAL (start one with "
+                              "`mesh signal`)")
+        if not 60 <= self.ttl <= 10 * 365 * 24 * 3600:
+            raise ConfigError(f"--ttl {self.ttl:g}: a ticket lives from 60 s to 10 years")
+        for key in self.allow or ():
+            names.check_node_id(key, "--allow")
+        for what in ("max_peers", "max_streams"):
+            if getattr(self, what) < 1:
+                raise ConfigError(f"--{what.replace('_', '-')} must be at least 1")
+        _positive(self, "handshake_timeout", "dial_timeout")
+        _positive(self, "idle_timeout", zero_ok=True)
+        if self.public_auth is not None and not self.public:
+            raise ConfigError("--public-auth needs --public")
+        if self.public:
+            if not self.signal_urls:
+                raise ConfigError("--public needs --signal URL (a server whose operator "
+                                  "runs `mesh gateway`)")
+            if self.http is None:
+                object.__setattr__(self, "http", HttpConfig())
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ConnectConfig:
+    ticket: Ticket
+    """The share to connect to."""
+    port: int = 0
+    """Local port to listen on; 0 picks a free one."""
+    host: str = "127.0.0.1"
+    """Local address to listen on."""
+    listen: bool = True
+    """Open the local listener (the gateway uses the tunnel without one)."""
+    signal_urls: tuple[str, ...] = ()
+    """Signaling servers to use instead of the ticket's."""
+    answer_timeout: float = 15.0
+    """Seconds to wait for the sharer's answer."""
+    connect_timeout: float = 20.0
+    """Seconds to wait for a path (ICE and DTLS), all attempts together."""
+    relay_after: float = 2.0
+    """Seconds after which a relay-only attempt races the direct one."""
+    admission_timeout: float = 10.0
+    """Seconds to wait for admission."""
+    wait_for_path: float = 45.0
+    """Seconds a new local connection waits for a (re)built peer connection."""
+    upgrade_interval: float = 30.0
+    """Seconds between attempts to move from the relay to a direct path."""
+    max_streams: int = 4096
+    """Local connections tunnelled at once; more are refused."""
+    idle_timeout: float = 0.0
+    """Close a tunnelled connection idle this many seconds (0: never)."""
+    control_socket: bool = True
+    """Answer `mesh status` on a local Unix socket."""
+    use_lan_hints: bool = True
+    """Try the ticket's LAN endpoints (2 s each) before its signaling servers."""
+    by_name: bool = False
+    """The ticket was made from a LAN advert (`mesh connect NAME`), not given."""
+    http: bool = False
+    """Parse local requests as HTTP/1.1 and refuse a foreign Host with 421 (``--http``)."""
+    relay_only: bool = False
+    """Connect only through the TURN relay: the sharer never learns this machine's
+    addresses (``--relay-only``); no direct attempt, no upgrade."""
+    ice: IceSettings = field(default_factory=ice_from_env)
+    """Which local addresses ICE uses, and path MTU discovery."""
+
+    def __post_init__(self) -> None:
+        names.check_port(self.port, "--port", zero_ok=True)
+        names.check_host(self.host, "--bind")
+        for url in self.signal_urls:
+            names.check_signal_url(url)
+        if self.max_streams < 1:
+            raise ConfigError("--max-streams must be at least 1")
+        _positive(self, "answer_timeout", "connect_timeout", "admission_timeout",
+                  "wait_for_path", "upgrade_interval")
+        _positive(self, "relay_after", "idle_timeout", zero_ok=True)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    domain: str
+    """Shares are served as NAME.DOMAIN."""
+    signal_urls: tuple[str, ...]
+    """Signaling servers (at least one)."""
+    host: str = "0.0.0.0"
+    port: int = 8080
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    public_url: str | None = None
+    """Base URL shares print (default: from the domain, the scheme and the port)."""
+    max_body: int = 10 * 1024 * 1024
+    """Largest request body (413 beyond)."""
+    max_head: int = 16 * 1024
+    header_timeout: float = 10.0
+    idle_timeout: float = 30.0
+    """Seconds a keep-alive connection, or a request body, may stay silent."""
+    share_timeout: float = 30.0
+    """Seconds a share has to start its response (then 504)."""
+    rate_per_share: float = 100.0
+    burst_per_share: float = 200.0
+    rate_per_client: float = 50.0
+    burst_per_client: float = 200.0
+    max_streams_per_share: int = 64
+    resolve_timeout: float = 5.0
+    recheck: float = 30.0
+    ice: IceSettings = field(default_factory=ice_from_env)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain", names.check_domain(self.domain))
+        if not self.signal_urls:
+            raise ConfigError("the gateway needs --signal URL (or MESH_SIGNAL)")
+        for url in self.signal_urls:
+            names.check_signal_url(url)
+        names.check_host(self.host, "--listen")
+        names.check_port(self.port, "--listen", zero_ok=True)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.public_url is not None:
+            names.check_http_url(self.public_url, "--public-url")
+        if self.max_body < 0 or self.max_streams_per_share < 1:
+            raise ConfigError("--max-body must be >= 0 and --max-streams-per-share >= 1")
+        _positive(self, "header_timeout", "idle_timeout", "share_timeout", "rate_per_share",
+                  "burst_per_share", "rate_per_client", "burst_per_client",
+                  "resolve_timeout", "recheck")
