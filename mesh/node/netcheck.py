@@ -12,86 +12,20 @@ round trip to the signaling server and to STUN.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc.rtcicetransport import parse_stun_turn_uri
 
-from mesh.errors import MeshError
 from mesh.proto import stun
 from mesh.proto.identity import Identity
+from mesh.transport.stunclient import StunClient
 
+from .events import NetcheckEvent
 from .signal_client import SignalClient
 
-
-@dataclass(frozen=True)
-class NetReport:
-    signal_url: str
-    signal_rtt_ms: float | None
-    stun_server: str | None = None
-    udp: bool = False
-    public_addr: str | None = None
-    mapping: str = "unknown"
-    """``endpoint-independent`` (cone), ``endpoint-dependent`` (symmetric) or ``unknown``."""
-    stun_rtt_ms: float | None = None
-    turn_udp: bool | None = None
-    turn_tcp: bool | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-class _Udp(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.waiting: dict[bytes, asyncio.Future[bytes]] = {}
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        fut = self.waiting.get(data[8:20])
-        if fut is not None and not fut.done():
-            fut.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-    async def ask(self, raw: bytes, txid: bytes, addr: tuple[str, int],
-                  timeout: float = 1.5) -> stun.Message | None:
-        assert self.transport is not None
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.waiting[txid] = fut
-        try:
-            for wait in (0.3, 0.5, timeout - 0.8):
-                self.transport.sendto(raw, addr)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    data = await asyncio.wait_for(asyncio.shield(fut), wait)
-                    return stun.parse(data)
-            return None
-        except stun.StunError:
-            return None
-        finally:
-            self.waiting.pop(txid, None)
-
-
-def _mapped(msg: stun.Message | None) -> tuple[str, int] | None:
-    if msg is None or msg.cls != stun.SUCCESS:
-        return None
-    value = msg.get(stun.XOR_MAPPED_ADDRESS)
-    try:
-        return stun.parse_xor_address(value, msg.txid) if value else None
-    except stun.StunError:
-        return None
-
-
-async def _binding(udp: _Udp, addr: tuple[str, int]) -> tuple[tuple[str, int] | None, float]:
-    txid = secrets.token_bytes(12)
-    t0 = time.monotonic()
-    reply = await udp.ask(stun.Message(stun.BINDING, stun.REQUEST, txid).encode(fingerprint=True),
-                          txid, addr)
-    return _mapped(reply), (time.monotonic() - t0) * 1000
+NetReport = NetcheckEvent
+"""What ``netcheck`` measures: the ``netcheck`` event is the report."""
 
 
 class _TurnProbe:
@@ -157,7 +91,7 @@ async def _turn_tcp(probe: _TurnProbe, addr: tuple[str, int]) -> bool:
         writer.close()
 
 
-async def netcheck(identity: Identity, urls: list[str]) -> NetReport:
+async def netcheck(identity: Identity, urls: list[str]) -> NetcheckEvent:
     """Run every check; raises SignalingError only if no signaling server answers."""
     client = SignalClient(identity, urls, lambda sender, payload: None)
     await client.start()
@@ -185,17 +119,16 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetReport:
     report: dict[str, Any] = {"signal_url": url, "signal_rtt_ms": rtt, "notes": []}
     if stun_addr is None:
         report["notes"].append("the signaling server hands out no STUN server")
-        return NetReport(**report)
+        return _report(report)
     report["stun_server"] = f"{stun_addr[0]}:{stun_addr[1]}"
-    loop = asyncio.get_running_loop()
-    transport, udp = await loop.create_datagram_endpoint(_Udp, local_addr=("0.0.0.0", 0))
+    udp = await StunClient.open()
     try:
-        first, stun_rtt = await _binding(udp, stun_addr)
+        first, stun_rtt = await udp.binding(stun_addr)
         report["udp"] = first is not None
         if first is not None:
             report["public_addr"] = f"{first[0]}:{first[1]}"
             report["stun_rtt_ms"] = round(stun_rtt, 2)
-            second, _ = await _binding(udp, (stun_addr[0], stun_addr[1] + 1))
+            second, _ = await udp.binding((stun_addr[0], stun_addr[1] + 1))
             if second is None:
                 report["notes"].append("the STUN server answers on one port only; "
                                        "NAT mapping not determined")
@@ -216,7 +149,7 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetReport:
         elif "udp" in turn:
             report["turn_udp"] = False
     finally:
-        transport.close()
+        udp.close()
     if "tcp" in turn:
         addr, user, password = turn["tcp"]
         # one retry: a single lost exchange on a busy link is not "TURN over TCP fails"
@@ -224,7 +157,12 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetReport:
                               or await _turn_tcp(_TurnProbe(user, password), addr))
     if not turn:
         report["notes"].append("the signaling server hands out no TURN relay")
-    return NetReport(**report)
+    return _report(report)
 
 
-__all__ = ["MeshError", "NetReport", "netcheck"]
+def _report(fields: dict[str, Any]) -> NetcheckEvent:
+    defaults: dict[str, Any] = {"stun_server": None, "udp": False, "public_addr": None,
+                                "mapping": "unknown", "stun_rtt_ms": None, "turn_udp": None,
+                                "turn_tcp": None}
+    return NetcheckEvent(**{**defaults, **fields})
+

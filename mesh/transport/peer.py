@@ -8,9 +8,9 @@ sees mesh types and ``MeshError``s:
   all candidate types or relay only; aiortc uses one STUN and one TURN URL,
   so we choose: TURN over UDP when the server answers STUN over UDP
   (``udp_reachable``, a 1 s probe), TURN over TCP when it does not;
-- host candidate addresses: ``MESH_ICE_ADDRESSES`` (comma separated) limits
-  the local addresses ICE gathers on, e.g. ``127.0.0.1`` for tests on one
-  machine (aioice leaves loopback out by default);
+- host candidate addresses: ``IceSettings.host_addresses`` limits the local
+  addresses ICE gathers on, e.g. ``127.0.0.1`` for tests on one machine
+  (aioice leaves loopback out by default);
 - ``wait_connected``: a bounded wait for ICE + DTLS + SCTP;
 - ``path_info``: which candidate pair ICE selected (direct or relay).
 """
@@ -18,8 +18,6 @@ sees mesh types and ``MeshError``s:
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,18 +30,38 @@ from aiortc.rtcicetransport import parse_stun_turn_uri
 from mesh.errors import ConnectError
 
 from .fastpath import TunedPeerConnection
+from .stunclient import answers
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """What the transport takes from the environment (mesh/node/environ.py)."""
+
+    host_addresses: tuple[str, ...] | None = None
+    """Local addresses to gather host candidates on; None: aioice's choice (all
+    but loopback)."""
+    plpmtud: bool = True
+    """Path MTU discovery (RFC 8899) with peers that announce it."""
+
 
 _stock_get_host_addresses = aioice.ice.get_host_addresses
+_host_addresses_wanted: tuple[str, ...] | None = None
 
 
 def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    wanted = os.environ.get("MESH_ICE_ADDRESSES", "").strip()
-    if not wanted:
+    if _host_addresses_wanted is None:
         return list(_stock_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
-    return [a.strip() for a in wanted.split(",") if a.strip()]
+    return list(_host_addresses_wanted)
 
 
 aioice.ice.get_host_addresses = _host_addresses
+
+
+def gather_on(addresses: tuple[str, ...] | None) -> None:
+    """Host candidates on ``addresses`` only (None: aioice's choice), process-wide:
+    aioice takes no per-connection setting, so ``make_pc`` sets this for its own."""
+    global _host_addresses_wanted
+    _host_addresses_wanted = addresses
 
 
 @dataclass(frozen=True)
@@ -88,7 +106,8 @@ def ice_plan(entries: tuple[dict[str, Any], ...]) -> IcePlan:
     return IcePlan(stun, stun_addr, turn_udp, turn_tcp)
 
 
-def make_pc(plan: IcePlan, mode: str = "any", udp_ok: bool = True) -> RTCPeerConnection:
+def make_pc(plan: IcePlan, mode: str = "any", udp_ok: bool = True,
+            ice: IceSettings = IceSettings()) -> RTCPeerConnection:
     """A peer connection for one attempt.
 
     ``direct``: host and server-reflexive candidates only (so ICE cannot settle
@@ -97,56 +116,20 @@ def make_pc(plan: IcePlan, mode: str = "any", udp_ok: bool = True) -> RTCPeerCon
     attempt, so relay-to-reflexive pairs are possible). Without UDP to the
     server, STUN is pointless and TURN goes over TCP.
     """
+    gather_on(ice.host_addresses)
     turn = plan.turn_udp if udp_ok and plan.turn_udp else plan.turn_tcp or plan.turn_udp
     stun = plan.stun if udp_ok else None
     if mode == "relay":
         servers = [turn] if turn else []
         return TunedPeerConnection(configuration=RTCConfiguration(
-            iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY))
+            iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY),
+            plpmtud=ice.plpmtud)
     chosen = (stun,) if mode == "direct" else (stun, turn)
     return TunedPeerConnection(configuration=RTCConfiguration(
-        iceServers=[x for x in chosen if x is not None]))
+        iceServers=[x for x in chosen if x is not None]), plpmtud=ice.plpmtud)
 
 
 _probe_cache: dict[tuple[str, int], tuple[float, bool]] = {}
-
-
-class _Probe(asyncio.DatagramProtocol):
-    def __init__(self, txid: bytes) -> None:
-        self.txid = txid
-        self.answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        if data[8:20] == self.txid and not self.answered.done():
-            self.answered.set_result(True)
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-
-async def stun_binding(addr: tuple[str, int], timeout: float = 1.0) -> bool:
-    """True if a STUN Binding request to ``addr`` over UDP is answered in time."""
-    from mesh.proto import stun
-
-    txid = secrets.token_bytes(12)
-    request = stun.Message(stun.BINDING, stun.REQUEST, txid).encode(fingerprint=True)
-    loop = asyncio.get_running_loop()
-    try:
-        transport, proto = await loop.create_datagram_endpoint(lambda: _Probe(txid),
-                                                               remote_addr=addr)
-    except OSError:
-        return False
-    try:
-        for wait in (0.25, timeout - 0.25):
-            transport.sendto(request)
-            try:
-                await asyncio.wait_for(asyncio.shield(proto.answered), wait)
-                return True
-            except TimeoutError:
-                continue
-        return False
-    finally:
-        transport.close()
 
 
 async def udp_reachable(plan: IcePlan) -> bool:
@@ -157,7 +140,7 @@ async def udp_reachable(plan: IcePlan) -> bool:
     cached = _probe_cache.get(plan.stun_addr)
     if cached and now - cached[0] < 30:
         return cached[1]
-    ok = await stun_binding(plan.stun_addr)
+    ok = await answers(plan.stun_addr)
     _probe_cache[plan.stun_addr] = (now, ok)
     return ok
 
