@@ -31,7 +31,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
-import mesh.transport.peer  # noqa: F401  (only for the loopback ICE address switch)
+from mesh.node.environ import ice_addresses
+from mesh.transport.peer import gather_on
+
+gather_on(ice_addresses())  # the loopback ICE address switch, as mesh uses it
 
 HIGH = 1 << 20
 LOW = 256 << 10

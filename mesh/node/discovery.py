@@ -1,109 +1,28 @@
-"""LAN discovery over mDNS/DNS-SD (python-zeroconf): signed adverts, a hint only.
+"""LAN discovery over mDNS/DNS-SD (python-zeroconf): advertising shares and finding them.
 
-Service type ``_mesh._tcp.local.``; instance ``<name>-<node id prefix>``; the
-SRV port is the sharer's LAN signaling endpoint (the same WebSocket protocol
-as `mesh signal`, served by the share itself). TXT record (all values ASCII)::
-
-    v=1   n=<share name>   id=<node id>   p=<port>   a=<addr,addr,...>
-    t=<unix seconds the advert was made>   o=<1 if open to LAN peers by name, else 0>
-    s=<base64 Ed25519 signature by the node key over
-       "mesh-advert-v1\\n" + n + "\\n" + id + "\\n" + p + "\\n" + a + "\\n" + t + "\\n" + o>
-
-An advert is only a hint: one with a bad signature, a malformed field, a TXT
-record over ``MAX_TXT`` bytes, or (when a ticket pins a key) another key is
-dropped, and the peer is admitted by the same signed handshake as through a
-server. Browsing is bounded: at most ``MAX_SERVICES`` adverts are kept.
-
-``make_properties``/``verify_properties`` are sans-I/O; the zeroconf glue is
-``Advertiser`` and ``browse``.
+The advert itself (signed TXT record) is mesh/proto/advert.py; this module is
+the zeroconf glue (``Advertiser``, ``browse``) and ``resolve``: a ticket from a
+ticket string, or from a share found on the LAN by name or node-id prefix.
+Browsing is bounded: at most ``MAX_SERVICES`` adverts are kept.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hashlib
-import ipaddress
 import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from mesh.proto.identity import Identity, decode_node_id, verify
+from mesh.errors import ConfigError
+from mesh.proto import ticket as ticket_mod
+from mesh.proto.advert import SERVICE, Advert, make_properties, open_secret, verify_properties
+from mesh.proto.identity import Identity
+from mesh.proto.ticket import Ticket
 
-SERVICE = "_mesh._tcp.local."
-MAX_TXT = 1300
+from . import environ
+
 MAX_SERVICES = 256
-MAX_NAME = 63
-
-
-@dataclass(frozen=True)
-class Advert:
-    name: str
-    node_id: str
-    port: int
-    addresses: tuple[str, ...]
-    made: float
-    open: bool
-
-    @property
-    def signal_urls(self) -> tuple[str, ...]:
-        out = []
-        for addr in self.addresses:
-            host = f"[{addr}]" if ":" in addr else addr
-            out.append(f"ws://{host}:{self.port}/")
-        return tuple(out)
-
-
-def _signed(name: str, node: str, port: str, addrs: str, made: str, is_open: str) -> bytes:
-    return "\n".join(["mesh-advert-v1", name, node, port, addrs, made, is_open]).encode()
-
-
-def make_properties(identity: Identity, name: str, port: int, addresses: list[str],
-                    now: float, is_open: bool) -> dict[str, str]:
-    addrs = ",".join(addresses)
-    made = str(int(now))
-    flag = "1" if is_open else "0"
-    sig = identity.sign(_signed(name, identity.node_id, str(port), addrs, made, flag))
-    return {"v": "1", "n": name, "id": identity.node_id, "p": str(port), "a": addrs,
-            "t": made, "o": flag, "s": base64.b64encode(sig).decode()}
-
-
-def verify_properties(props: Mapping[Any, Any]) -> Advert | None:
-    """A verified advert, or None for anything malformed, oversized or forged."""
-    try:
-        size = sum(len(k) + len(v or b"") + 2 for k, v in props.items())
-        if size > MAX_TXT:
-            return None
-        get = {(k.decode() if isinstance(k, bytes) else k):
-               (v.decode("ascii") if isinstance(v, bytes) else (v or ""))
-               for k, v in props.items()}
-        if get.get("v") != "1":
-            return None
-        name, node, port, addrs, made, flag = (get.get(k, "") for k in
-                                               ("n", "id", "p", "a", "t", "o"))
-        sig = base64.b64decode(get.get("s", ""), validate=True)
-        decode_node_id(node)
-        if not (0 < len(name) <= MAX_NAME and port.isdigit() and made.isdigit()
-                and flag in ("0", "1") and 0 < int(port) < 65536):
-            return None
-        addresses = tuple(a for a in addrs.split(",") if a)
-        for a in addresses:
-            ipaddress.ip_address(a)
-        if not verify(node, _signed(name, node, port, addrs, made, flag), sig):
-            return None
-        return Advert(name, node, int(port), addresses, float(made), flag == "1")
-    except (ValueError, UnicodeDecodeError, binascii.Error, AttributeError, TypeError):
-        return None
-
-
-def open_secret(node_id: str, name: str) -> bytes:
-    """The admission secret of a share open to its LAN: anyone who sees the advert can
-    compute it. Only used when the share says so (``o=1``)."""
-    return hashlib.sha256(f"mesh-lan-open\n{node_id}\n{name}".encode()).digest()[:16]
 
 
 def lan_addresses() -> list[str]:
@@ -196,3 +115,42 @@ async def browse(seconds: float = 2.0) -> list[Advert]:
         await browser.async_cancel()
         await zc.async_close()
     return sorted(found.values(), key=lambda a: (a.name, a.node_id))
+
+
+async def resolve(target: str, now: float, browse_seconds: float = 2.0) -> tuple[Ticket, bool]:
+    """A ticket from a ticket string, or from a share found on the LAN by name or node-id
+    prefix (at least 4 characters). Returns (ticket, found_by_name).
+
+    An advert is anybody's to send, so a name cannot hijack a node-id prefix: when
+    the name matches one share and the prefix another, both are listed and nothing
+    is picked.
+    """
+    if ticket_mod.looks_like_ticket(target) or target.strip().lower().startswith(
+            ticket_mod.PREFIX):
+        return ticket_mod.decode(target, now=now), False
+    if not environ.lan_enabled():
+        ticket_mod.decode(target)  # LAN discovery is off: it must be a ticket (raises)
+    needle = target.strip()
+    if not needle:
+        raise ConfigError("give a ticket or the name of a share on this network")
+    adverts = await browse(browse_seconds)
+    by_name = [a for a in adverts if a.name == needle]
+    by_prefix = ([a for a in adverts if a.node_id.startswith(needle.lower())]
+                 if len(needle) >= 4 else [])
+    matches = by_name + [a for a in by_prefix if a not in by_name]
+    if not matches:
+        seen = ", ".join(sorted({a.name for a in adverts})) or "none"
+        raise ConfigError(f"no share named {needle!r} on this network (visible: {seen})")
+    if len(matches) > 1:
+        listing = "; ".join(f"{a.name} {a.node_id[:12]} at {', '.join(a.addresses)}"
+                            for a in matches)
+        raise ConfigError(f"{needle!r} is ambiguous: {listing}; use a longer node id prefix"
+                          " or the ticket")
+    ad = matches[0]
+    if not ad.open:
+        raise ConfigError(f"share {ad.name!r} ({ad.node_id[:8]}) is not open to the LAN by "
+                          "name; ask the sharer for its ticket")
+    ticket = Ticket(node_id=ad.node_id, secret=open_secret(ad.node_id, ad.name),
+                    expires=int(now) + 3600, name=ad.name, signal_urls=ad.signal_urls)
+    return ticket, True
+

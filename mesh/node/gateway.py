@@ -29,66 +29,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import secrets
 import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import h11
 
-from mesh.errors import ConfigError, EnvelopeError, MeshError, PeerUnreachable
+from mesh.errors import AddressInUse, ConfigError, EnvelopeError, MeshError, PeerUnreachable
 from mesh.http.capture import Exchange, Store
 from mesh.http.policy import (
     Headers,
     Refusal,
     basic_auth_ok,
+    forwarded,
     framing,
     header,
     is_upgrade,
-    parse_basic_auth,
     strip_hop_by_hop,
 )
-from mesh.http.proxy import HttpConfig, HttpSession, Route
-from mesh.proto import frames as sp
+from mesh.http.proxy import HttpConfig, HttpProxy, Route
 from mesh.proto import ticket as ticket_mod
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.limits import TokenBucket
+from mesh.proto.names import check_basic_auth, valid_name
+from mesh.transport.stream import TcpDuplex
 
 from . import events
-from .connect import ConnectConfig, Tunnel
+from .config import ConnectConfig, GatewayConfig
+from .connect import Tunnel
 from .home import load_or_create
 from .signal_client import SignalClient
-
-
-@dataclass(frozen=True)
-class GatewayConfig:
-    domain: str
-    """Shares are served as NAME.DOMAIN."""
-    signal_urls: tuple[str, ...]
-    host: str = "0.0.0.0"
-    port: int = 8080
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    public_url: str | None = None
-    """Base URL shares print (default: from --domain, the scheme and the port)."""
-    max_body: int = 10 * 1024 * 1024
-    max_head: int = 16 * 1024
-    header_timeout: float = 10.0
-    idle_timeout: float = 30.0
-    """Seconds a keep-alive connection, or a request body, may stay silent."""
-    share_timeout: float = 30.0
-    """Seconds a share has to start its response (then 504)."""
-    rate_per_share: float = 100.0
-    burst_per_share: float = 200.0
-    rate_per_client: float = 50.0
-    burst_per_client: float = 200.0
-    max_streams_per_share: int = 64
-    resolve_timeout: float = 5.0
-    recheck: float = 30.0
 
 
 @dataclass
@@ -126,7 +101,7 @@ def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, byt
         rest = path[3:]
         name, slash, tail = rest.partition("/")
         name, qmark, query = name.partition("?")
-        if sp.valid_name(name):
+        if valid_name(name):
             forwarded = "/" + (tail if slash else "") + (("?" + query) if qmark else "")
             return name, forwarded.encode("latin-1")
     if host is None:
@@ -136,7 +111,7 @@ def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, byt
     suffix = "." + domain.lower()
     if hostname.endswith(suffix):
         label = hostname[: -len(suffix)]
-        if sp.valid_name(label):
+        if valid_name(label):
             return label, target
     return None
 
@@ -172,12 +147,8 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> str:
         cfg = self.config
-        if not valid_domain(cfg.domain):
-            raise ConfigError(f"--domain {cfg.domain!r} is not a domain name")
         context = None
-        if cfg.tls_cert or cfg.tls_key:
-            if not (cfg.tls_cert and cfg.tls_key):
-                raise ConfigError("--tls-cert and --tls-key go together")
+        if cfg.tls_cert and cfg.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             try:
                 context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
@@ -193,8 +164,11 @@ class Gateway:
                                                       ssl=context, limit=cfg.max_head * 2)
         except OSError as exc:
             await self._signal.close()
-            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: "
-                              f"{exc.strerror or exc}") from exc
+            where = f"{cfg.host}:{cfg.port}/tcp"
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"the gateway's address {where} is taken; use --listen "
+                                   "HOST:PORT (port 0 picks a free one)") from exc
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         scheme = "https" if context else "http"
         shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
@@ -252,25 +226,16 @@ class Gateway:
     # -- HTTP ---------------------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else "unknown"
-
-        async def router(request: h11.Request, headers: Headers) -> Route | Refusal:
-            return await self._route(client, request, headers)
-
-        session = HttpSession(reader, writer, None, config=self._http, router=router,
-                              store=self.store, on_request=self._log, client=client)
-        await session.run()
+        caller = TcpDuplex(reader, writer)
+        client = caller.peer()
+        await HttpProxy(caller, _Caller(self, client), config=self._http, store=self.store,
+                        on_request=self._log, client_addr=client).run()
 
     def _log(self, ex: Exchange) -> None:
-        self.emit(events.Request(
-            id=ex.id, method=ex.method, path=ex.target, status=ex.status,
-            duration_ms=ex.duration_ms, bytes_in=ex.request_body.size,
-            bytes_out=ex.response_body.size, peer=ex.peer, client=ex.client, state=ex.state,
-            error=ex.error))
+        self.emit(events.Request.from_exchange(ex))
 
-    async def _route(self, client: str, request: h11.Request,
-                     headers: Headers) -> Route | Refusal:
+    async def route(self, client: str, request: h11.Request,
+                    headers: Headers) -> Route | Refusal:
         cfg = self.config
         now = time.monotonic()
         if not self._clients.take(client, now):
@@ -307,26 +272,17 @@ class Gateway:
             return Refusal(401, "authentication required",
                            (("www-authenticate", f'Basic realm="{name}", charset="UTF-8"'),))
         out = strip_hop_by_hop(headers, keep_upgrade=is_upgrade(headers))
-        drop = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded",
-                b"x-mesh-peer"}
         if entry.auth is not None:
-            drop.add(b"authorization")
-        out = [(k, v) for k, v in out if k not in drop]
-        out += [(b"x-forwarded-for", client.encode()),
-                (b"x-forwarded-proto", b"https" if self._tls else b"http")]
-        if host is not None:
-            out.append((b"x-forwarded-host", host))
-        out += framing(headers)
+            out = [(k, v) for k, v in out if k != b"authorization"]
+        out = forwarded(out, client=client, proto=b"https" if self._tls else b"http",
+                        host=host) + framing(headers)
         entry.streams += 1
-        port = entry.tunnel.port
-
-        async def opener() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-            return await asyncio.open_connection("127.0.0.1", port)
 
         def release() -> None:
             entry.streams -= 1
 
-        return Route(key=name, opener=opener, target=target, headers=out, release=release)
+        return Route(key=name, opener=entry.tunnel.open_stream, target=target, headers=out,
+                     peer=name, release=release)
 
     async def _resolve(self, name: str) -> _Entry | Refusal:
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -396,14 +352,14 @@ class Gateway:
         try:
             tk = ticket_mod.decode(str(body.get("ticket", "")), now=time.time())
             auth_text = body.get("auth")
-            auth = parse_basic_auth(auth_text) if isinstance(auth_text, str) else None
+            auth = check_basic_auth(auth_text, "auth") if isinstance(auth_text, str) else None
         except (MeshError, ValueError):
             return Refusal(502, f"mesh gateway: the share {name!r} sent a bad ticket")
         if tk.node_id != owner:
             return Refusal(502, f"mesh gateway: the share {name!r} sent another key's ticket")
         tunnel = Tunnel(ConnectConfig(
-            ticket=tk, port=0, host="127.0.0.1", signal_urls=cfg.signal_urls,
-            control_socket=False, wait_for_path=cfg.resolve_timeout, use_lan_hints=False,
+            ticket=tk, listen=False, signal_urls=cfg.signal_urls, control_socket=False,
+            wait_for_path=cfg.resolve_timeout, use_lan_hints=False, ice=cfg.ice,
         ), identity=self.identity, on_event=self._tunnel_event(name), signal=self._signal)
         self._tunnels.add(tunnel)
         try:
@@ -422,26 +378,15 @@ class Gateway:
         return forward
 
 
-def valid_domain(domain: str) -> bool:
-    labels = domain.lower().split(".")
-    return len(domain) <= 200 and all(sp.valid_name(label) for label in labels)
+class _Caller:
+    """The gateway's ``Role`` for one caller's connection."""
 
+    def __init__(self, gateway: Gateway, client: str) -> None:
+        self.gateway, self.client = gateway, client
 
-def parse_listen(addr: str) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        host, port = "0.0.0.0", addr
-    try:
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"--listen {addr!r}: expected HOST:PORT") from None
-    if not 0 <= number <= 65535:
-        raise ConfigError(f"--listen {addr!r}: port out of range")
-    return host.strip("[]") or "0.0.0.0", number
+    async def route(self, request: h11.Request, headers: Headers) -> Route | Refusal:
+        return await self.gateway.route(self.client, request, headers)
 
+    def upstream_failed(self, text: str) -> None:
+        pass
 
-def check_public_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"--public-url {url!r} must be http(s)://HOST[:PORT]")
-    return url

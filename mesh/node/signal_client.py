@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from mesh.errors import MeshError, NameTaken, PeerUnreachable, SignalingError
+from mesh.errors import MeshError, NameTaken, NotOwner, PeerUnreachable, SignalingError
 from mesh.proto import frames as p
 from mesh.proto.identity import Identity
 
@@ -256,6 +256,7 @@ class SignalClient:
                 named = self._names[ref]
                 if not named.done():
                     named.set_exception(NameTaken(message) if code == "name-taken"
+                                        else NotOwner(message) if code == "not-owner"
                                         else SignalingError(f"signaling: {message}"))
             case p.Error(code, message, ref):
                 fut = self._pending.pop(ref, None) if ref is not None else None

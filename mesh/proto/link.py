@@ -99,8 +99,8 @@ class Retire:
 @dataclass(frozen=True)
 class Failed:
     error: str
-    fatal_error: BaseException | None = None
-    """The attempt's own error, if one attempt failed for good (re-raised to the user)."""
+    cause: BaseException | None = None
+    """The failing attempt's own exception, when there is one (re-raised to the user)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,10 @@ class Warn:
 Command = Attempt | Cancel | Install | Retire | Failed | Lost | Warn
 
 
+def _failed(error: BaseException | str) -> Failed:
+    return Failed(str(error), error if isinstance(error, BaseException) else None)
+
+
 @dataclass
 class _Round:
     started: float
@@ -123,7 +127,7 @@ class _Round:
     deadline: float
     attempts: dict[int, str] = field(default_factory=dict)
     relay_started: bool = False
-    last_error: str | None = None
+    last_error: BaseException | str | None = None
 
 
 class Link:
@@ -193,8 +197,8 @@ class Link:
         self._backoff = self.timings.backoff_min
         self._install(attempt, path, mode, rnd.started, now)
 
-    def attempt_failed(self, attempt: int, error: str, now: float, *,
-                       fatal: BaseException | None = None) -> None:
+    def attempt_failed(self, attempt: int, error: BaseException | str, now: float, *,
+                       fatal: bool = False) -> None:
         """An attempt ended without a connection. ``fatal``: a refusal no retry can
         change (the sharer refused, the ticket is wrong): the first connect fails at once."""
         if self._upgrade is not None and attempt == self._upgrade[0]:
@@ -206,13 +210,13 @@ class Link:
             return
         del rnd.attempts[attempt]
         rnd.last_error = error
-        if fatal is not None and self._first:
-            self._end_first(Failed(error, fatal))
+        if fatal and self._first:
+            self._end_first(_failed(error))
             return
         if not rnd.relay_started and self._has_relay:
             self._start_relay(rnd)
         elif not rnd.attempts:
-            self._round_failed(now, error)
+            self._round_failed(now, str(error))
 
     def lost(self, reason: str, now: float) -> None:
         """The installed connection died."""
@@ -290,8 +294,8 @@ class Link:
     def _round_failed(self, now: float, error: str, timeout: bool = False) -> None:
         if self._first:
             rnd = self._round
-            self._end_first(Failed(error if timeout or rnd is None or rnd.last_error is None
-                                   else rnd.last_error))
+            last = None if timeout or rnd is None else rnd.last_error
+            self._end_first(_failed(error if last is None else last))
             return
         self._round = None
         self.state = State.WAITING

@@ -24,8 +24,8 @@ per-packet cost:
 - packetization-layer path MTU discovery (plpmtud.py): with a peer that
   announces it, packets grow to the largest size the path carries with DF
   set (16 KiB on loopback), congestion control counts in that size, and a
-  black hole drops back to the 1189-byte base. ``MESH_PLPMTUD=off`` keeps the
-  base size (what a path through the internet mostly gets anyway).
+  black hole drops back to the 1189-byte base. ``IceSettings.plpmtud`` off
+  (``MESH_PLPMTUD=off``) keeps the base size.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import socket
 import struct
 import time
@@ -70,16 +69,16 @@ BLACK_HOLE_T3 = 2
 """Consecutive retransmission timeouts at a probed size that count as a black hole."""
 
 
-def plpmtud_enabled() -> bool:
-    return os.environ.get("MESH_PLPMTUD", "on").lower() not in ("off", "0", "no")
-
-
 class TunedPeerConnection(RTCPeerConnection):
     """An RTCPeerConnection whose SCTP and DTLS transports are the tuned ones."""
 
+    def __init__(self, *args: Any, plpmtud: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._mesh_plpmtud = plpmtud
+
     def _RTCPeerConnection__createSctpTransport(self) -> None:
         super()._RTCPeerConnection__createSctpTransport()
-        tune(self.sctp)
+        tune(self.sctp, self._mesh_plpmtud)
 
 
 def _supported() -> bool:
@@ -97,7 +96,7 @@ def _supported() -> bool:
 SUPPORTED = _supported()
 
 
-def tune(sctp: RTCSctpTransport) -> None:
+def tune(sctp: RTCSctpTransport, discover: bool = True) -> None:
     """Turn a fresh (not yet started) aiortc SCTP transport into the tuned one."""
     if not SUPPORTED:
         return
@@ -107,7 +106,7 @@ def tune(sctp: RTCSctpTransport) -> None:
         dtls._mesh_rx_pending = 0
     if type(sctp) is RTCSctpTransport:
         sctp.__class__ = TunedSctpTransport
-        sctp._mesh_setup()
+        sctp._mesh_setup(discover)
 
 
 def watch_packet_size(pc: RTCPeerConnection, report: Callable[[int], None]) -> None:
@@ -233,7 +232,8 @@ def _send_now(connection: Any, data: bytes) -> bool:
 class TunedSctpTransport(RTCSctpTransport):
     """aiortc's SCTP association with the changes listed at the top of this module."""
 
-    def _mesh_setup(self) -> None:
+    def _mesh_setup(self, discover: bool) -> None:
+        self._mesh_plpmtud = discover
         self._advertised_rwnd = RECEIVE_WINDOW
         self._mesh_packet = plpmtud.BASE
         self._mesh_user_max = plpmtud.user_data_max(plpmtud.BASE)
@@ -255,7 +255,7 @@ class TunedSctpTransport(RTCSctpTransport):
 
     def _set_extensions(self, params: list[tuple[int, bytes]]) -> None:
         super()._set_extensions(params)
-        if plpmtud_enabled():
+        if self._mesh_plpmtud:
             params.append(plpmtud.capability())
 
     def _get_extensions(self, params: list[tuple[int, bytes]]) -> None:
@@ -265,7 +265,7 @@ class TunedSctpTransport(RTCSctpTransport):
     def _set_state(self, state: Any) -> None:
         super()._set_state(state)
         if state == self.State.ESTABLISHED and self._mesh_task is None:
-            if plpmtud_enabled() and self._mesh_peer_max:
+            if self._mesh_plpmtud and self._mesh_peer_max:
                 self._mesh_search = plpmtud.Search(self._mesh_peer_max)
                 self._mesh_task = asyncio.ensure_future(self._mesh_discover())
         elif state == self.State.CLOSED:

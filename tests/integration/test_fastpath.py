@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
-import mesh.transport.peer  # noqa: F401  (MESH_ICE_ADDRESSES: gather on loopback)
 from mesh.proto import plpmtud
-from mesh.transport.fastpath import TunedPeerConnection, TunedSctpTransport
+from mesh.transport.fastpath import TunedSctpTransport
+from mesh.transport.peer import IcePlan, IceSettings, make_pc
 
 TOTAL = 3 * 1024 * 1024
 
@@ -45,9 +45,14 @@ async def pump(channel: Any, msgs: list[bytes]) -> None:
             await low.wait()
 
 
-async def exchange(tuned_a: bool, tuned_b: bool) -> tuple[int | None, int | None]:
-    a = TunedPeerConnection() if tuned_a else RTCPeerConnection()
-    b = TunedPeerConnection() if tuned_b else RTCPeerConnection()
+def tuned(discover: bool) -> RTCPeerConnection:
+    return make_pc(IcePlan(), "any", True, IceSettings(("127.0.0.1",), discover))
+
+
+async def exchange(tuned_a: bool, tuned_b: bool,
+                   discover: bool = True) -> tuple[int | None, int | None]:
+    a = tuned(discover) if tuned_a else RTCPeerConnection()
+    b = tuned(discover) if tuned_b else RTCPeerConnection()
     ch_a = a.createDataChannel("bulk")
     want_a, want_b = messages(1), messages(2)  # a sends want_a, b sends want_b
     got: dict[str, list[bytes]] = {"a": [], "b": []}
@@ -92,11 +97,6 @@ async def exchange(tuned_a: bool, tuned_b: bool) -> tuple[int | None, int | None
         await b.close()
 
 
-@pytest.fixture(autouse=True)
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MESH_ICE_ADDRESSES", "127.0.0.1")
-
-
 def test_tuned_pair_finds_16k_packets_and_moves_every_message_intact() -> None:
     assert asyncio.run(exchange(True, True)) == (16384, 16384)
 
@@ -109,7 +109,6 @@ def test_tuned_interoperates_with_stock_aiortc(tuned_a: bool, tuned_b: bool) -> 
     assert tuned_size == plpmtud.BASE  # a stock peer never announced it takes more
 
 
-def test_discovery_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MESH_PLPMTUD", "off")
-    assert asyncio.run(exchange(True, True)) == (plpmtud.BASE, plpmtud.BASE)
+def test_discovery_can_be_turned_off() -> None:
+    assert asyncio.run(exchange(True, True, discover=False)) == (plpmtud.BASE, plpmtud.BASE)
 

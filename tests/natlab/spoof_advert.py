@@ -14,7 +14,7 @@ import time
 from zeroconf import ServiceInfo
 from zeroconf.asyncio import AsyncZeroconf
 
-from mesh.node.discovery import SERVICE, make_properties
+from mesh.proto.advert import SERVICE, make_properties
 from mesh.proto.identity import Identity
 
 

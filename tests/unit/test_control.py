@@ -67,7 +67,7 @@ def test_admission_then_ready_with_a_round_trip() -> None:
 
 
 def test_sharer_reports_ready_after_a_bound_without_a_pong() -> None:
-    sharer, connector = admit()
+    sharer, _ = admit()
     events(sharer)
     assert sharer.get_timer() == pytest.approx(TIMINGS.ready_after)
     sharer.handle_timer(TIMINGS.ready_after)
@@ -75,7 +75,7 @@ def test_sharer_reports_ready_after_a_bound_without_a_pong() -> None:
 
 
 def test_pings_every_interval_and_death_after_silence() -> None:
-    sharer, connector = admit()
+    sharer, _ = admit()
     events(sharer)
     sharer.messages_to_send()
     now = 0.0
@@ -182,7 +182,7 @@ def test_an_unadmitted_peer_gets_one_try() -> None:
 
 
 def test_a_bogus_pong_timestamp_is_ignored() -> None:
-    sharer, connector = admit()
+    _, connector = admit()
     events(connector)
     connector.receive(json.dumps({"t": "pong", "id": 1, "ts": -1e9}), 1.0)
     connector.receive(json.dumps({"t": "pong", "id": 1, "ts": True}), 1.0)

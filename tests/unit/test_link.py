@@ -92,7 +92,7 @@ def test_a_refusal_fails_the_first_connect_at_once() -> None:
     m.handle_timer(T.relay_after)
     drain(m)
     refusal = Refused("the sharer refused: not allowed")
-    m.attempt_failed(1, str(refusal), 3.0, fatal=refusal)
+    m.attempt_failed(1, refusal, 3.0, fatal=True)
     assert drain(m) == [Cancel(2), Failed(str(refusal), refusal)]
 
 
@@ -194,7 +194,7 @@ def test_failed_or_slow_upgrade_is_tried_again_later() -> None:
 def test_no_upgrade_without_udp_or_when_relay_only() -> None:
     for m in (started(udp_ok=False), started(relay_only=True)):
         cmds = drain(m)
-        relay = [c for c in cmds if isinstance(c, Attempt) and c.mode == "relay"][0]
+        relay = next(c for c in cmds if isinstance(c, Attempt) and c.mode == "relay")
         m.attempt_up(relay.id, "relay", 1.0)
         drain(m)
         assert m.get_timer() is None

@@ -1,0 +1,92 @@
+"""``mesh share --public``: holding the public name, answering the gateway.
+
+A public share claims its name on the signaling tier before its ticket is
+shown (a name held by another key is ``NameTaken``, exit 7), claims it again
+after every reconnection, and answers the gateway's sealed ``pubreq`` with a
+sealed ``publish`` carrying its ticket, but only when it is public, holds the
+name, and the asker is the gateway the tier names (pinned by the operator with
+``mesh signal --gateway``). Any other asker gets ``reject``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from mesh.errors import MeshError, NameTaken
+
+from . import events
+from .signal_client import SignalClient
+
+log = logging.getLogger("mesh.share")
+
+Reply = Callable[[SignalClient, str, str, str, dict[str, Any]], Awaitable[None]]
+
+
+def public_urls(gateway: dict[str, str], name: str) -> tuple[str, str]:
+    """The public URLs of ``name`` behind ``gateway`` ({"domain", "url"})."""
+    base = gateway.get("url", "").rstrip("/")
+    parts = urlsplit(base)
+    port = f":{parts.port}" if parts.port else ""
+    host_url = f"{parts.scheme or 'https'}://{name}.{gateway.get('domain', '')}{port}/"
+    return host_url, f"{base}/s/{name}/"
+
+
+class Publisher:
+    """The public side of one share."""
+
+    def __init__(self, name: str, node_id: str, public: bool,
+                 auth: tuple[str, str] | None, emit: events.OnEvent) -> None:
+        self.name, self.node_id, self.public, self.auth = name, node_id, public, auth
+        self.emit = emit
+        self.gateway: str | None = None
+        """The node id of the gateway this share last answered."""
+
+    async def claim(self, client: SignalClient, first: bool) -> tuple[str, str] | None:
+        """Hold the name; return the gateway's URLs for it (if one is announced)."""
+        try:
+            result = await client.name("claim", self.name)
+        except NameTaken:
+            if first:
+                raise NameTaken(f"the public name {self.name!r} belongs to another node "
+                                "key; pick another with --name") from None
+            self.emit(events.Warning(f"lost the public name {self.name!r} to another node key"))
+            return None
+        except MeshError as exc:
+            if first:
+                raise
+            self.emit(events.Warning(f"could not renew the public name: {exc}"))
+            return None
+        if result.gateway is None:
+            if first:
+                self.emit(events.Warning("no gateway is announced on this signaling server "
+                                         "yet; the share is public as soon as one is"))
+            return None
+        return public_urls(result.gateway, self.name)
+
+    async def answer(self, via: SignalClient, sender: str, session: str,
+                     body: dict[str, Any], ticket: str, reply: Reply) -> None:
+        """The gateway asks for this share's ticket."""
+        if body.get("name") != self.name:
+            return  # another share under this node key
+        reason = None
+        if not self.public:
+            reason = "this share is not public"
+        else:
+            try:
+                result = await via.name("lookup", self.name)
+            except MeshError as exc:
+                log.info("pubreq lookup failed: %s", exc)
+                return
+            if result.owner != self.node_id:
+                reason = "this node does not hold the name"
+            elif result.gateway is None or result.gateway["node"] != sender:
+                reason = "you are not the gateway of this signaling server"
+        if reason is not None:
+            await reply(via, sender, "reject", session, {"reason": reason})
+            return
+        self.gateway = sender
+        auth = f"{self.auth[0]}:{self.auth[1]}" if self.auth else None
+        await reply(via, sender, "publish", session, {"ticket": ticket, "auth": auth})

@@ -1,0 +1,185 @@
+"""One connecting peer on the sharing side: its peer connection, admission, streams.
+
+Wiring only: admission and liveness are the control machine's
+(mesh/proto/control.py), fed by a ``ControlPump`` from the moment the offer
+arrives, so a peer whose control channel never opens still meets the
+deadline. Until the machine says ``Admitted``, every ``tcp`` channel is closed
+unread: no byte reaches the service from an unadmitted peer. After it, each
+``tcp`` channel is one ``Stream`` to a fresh connection to the shared
+host:port (spliced byte for byte), or, in HTTP mode, one ``HttpProxy`` whose
+client end is the stream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+
+from mesh.http.proxy import HttpProxy
+from mesh.http.roles import ShareRole
+from mesh.proto import admission, control
+from mesh.transport.fastpath import watch_packet_size
+from mesh.transport.peer import PathInfo, path_info
+from mesh.transport.pump import ControlPump
+from mesh.transport.stream import Counters, Stream, describe, splice
+
+from . import events
+
+if TYPE_CHECKING:
+    from .share import Share
+
+log = logging.getLogger("mesh.share")
+
+
+class SharePeer:
+    def __init__(self, share: Share, node: str, session: str, pc: RTCPeerConnection,
+                 *, trusted: bool = False) -> None:
+        self.share = share
+        self.node = node
+        self.session = session
+        self.pc = pc
+        self.trusted = trusted
+        """The peer is the tier's gateway (its X-Forwarded-* describe the caller)."""
+        self.started = time.monotonic()
+        self.counters = Counters()
+        self.info: PathInfo | None = None
+        self.closed = False
+        self._pump: ControlPump | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def admitted(self) -> bool:
+        return self._pump is not None and self._pump.machine.admitted
+
+    @property
+    def rtt_ms(self) -> float | None:
+        return self._pump.machine.rtt_ms if self._pump is not None else None
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handshake(self, offer_sdp: str) -> str:
+        """Take the offer, start the control machine's clock; return the answer SDP."""
+        pc = self.pc
+        pc.on("datachannel", self._on_channel)
+        pc.on("connectionstatechange", self._on_state)
+        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        transcript = admission.Transcript(
+            sharer=self.share.identity.node_id, connector=self.node,
+            offer_fps=admission.fingerprints(offer_sdp),
+            answer_fps=admission.fingerprints(pc.localDescription.sdp))
+        machine = control.Control(
+            control.Role.SHARER, admission.SharerAdmission(self.share.secret, transcript),
+            asyncio.get_running_loop().time(),
+            control.Timings(admit_timeout=self.share.config.handshake_timeout))
+        self._pump = ControlPump(machine, self._on_control)
+        return str(pc.localDescription.sdp)
+
+    # -- events -----------------------------------------------------------------------
+    def _on_state(self) -> None:
+        if self.pc.connectionState in ("failed", "closed") and not self.closed:
+            if self.admitted:
+                self.share.emit(events.Disconnected(
+                    self.node, f"peer connection {self.pc.connectionState}"))
+            self._spawn(self.close())
+
+    def _on_channel(self, channel: RTCDataChannel) -> None:
+        pump = self._pump
+        log.debug("channel %r from %s (admitted=%s)", channel.label, self.node[:8],
+                  self.admitted)
+        if channel.label == "mesh-ctl" and pump is not None and pump.machine.state is (
+                control.State.WAITING):
+            pump.attach(channel)
+        elif channel.label == "tcp" and self.admitted:
+            if self.counters.streams_open >= self.share.config.max_streams:
+                Stream(channel, Counters()).abort("too many streams for this peer")
+                return
+            self._spawn(self._serve(Stream(channel, self.counters)))
+        else:
+            channel.close()
+
+    def _on_control(self, event: control.Event) -> None:
+        match event:
+            case control.Ready(rtt_ms):
+                self._announce(rtt_ms)
+            case control.Refused(reason):
+                self.share.emit(events.Rejected(self.node, reason))
+            case control.Failed(error):
+                self.share.emit(events.Rejected(self.node, str(error)))
+                self._spawn(self.close())
+            case control.Dead(reason):
+                self.share.emit(events.Disconnected(self.node, reason))
+                self._spawn(self.close())
+            case control.Closed():
+                self._spawn(self.close())
+
+    def _announce(self, rtt_ms: float | None) -> None:
+        """Report the admitted peer once: path, candidates, round-trip time."""
+        if self.closed:
+            return
+        self.info = info = path_info(self.pc)
+        self.share.emit(events.Connected(
+            peer=self.node, path=info.path, local_candidate=info.local_type,
+            remote_candidate=info.remote_type, remote_addr=info.remote_addr, rtt_ms=rtt_ms,
+            connect_ms=round((time.monotonic() - self.started) * 1000, 3)))
+        watch_packet_size(self.pc, lambda size: self.share.emit(events.PathMtu(self.node, size)))
+
+    # -- streams ------------------------------------------------------------------------
+    async def _serve(self, stream: Stream) -> None:
+        share = self.share
+        cfg = share.config
+        if cfg.http is not None and share.http_policy is not None:
+            stream.accept()
+            info = self.info or path_info(self.pc)
+            client = info.remote_addr.rsplit(":", 1)[0].strip("[]") or "unknown"
+            role = ShareRole(share.http_policy, share.dial_service, self.node, client,
+                             trusted=self.trusted, on_error=share.warn_service)
+            await HttpProxy(stream, role, config=cfg.http, store=share.store,
+                            on_request=share.on_request, peer=self.node,
+                            client_addr=client).run()
+            return
+        try:
+            service = await share.dial_service()
+        except (TimeoutError, OSError) as exc:
+            reason = describe(exc)
+            share.warn_service(f"{reason} ({cfg.target})")
+            stream.abort(reason)
+            return
+        stream.accept()
+        await splice(stream, service, idle_timeout=cfg.idle_timeout)
+
+    # -- status and end -----------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        c = self.counters
+        info = self.info
+        return {"peer": self.node, "admitted": self.admitted,
+                "path": info.path if info else None,
+                "local_candidate": info.local_type if info else None,
+                "remote_candidate": info.remote_type if info else None,
+                "rtt_ms": self.rtt_ms, "streams_open": c.streams_open,
+                "streams_total": c.streams_total, "bytes_in": c.bytes_in,
+                "bytes_out": c.bytes_out,
+                "uptime_s": round(time.monotonic() - self.started, 1)}
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.share.forget(self)
+        if self._pump is not None:
+            self._pump.close()
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+
