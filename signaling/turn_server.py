@@ -22,9 +22,8 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 from mesh.errors import AddressInUse
-from mesh.proto import stun
+from mesh.proto import sockopt, stun
 
-from . import sockopt
 from .policy import RelayPolicy
 from .turn import ClientKey, Output, Release, ToClient, ToPeer, TurnConfig, TurnCore
 

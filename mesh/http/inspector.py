@@ -26,9 +26,10 @@ import base64
 import binascii
 import contextlib
 import errno
+import html
 import json
 from collections.abc import Awaitable, Callable
-from importlib import metadata
+from importlib import metadata, resources
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +41,8 @@ from .capture import Exchange, Store, har
 from .policy import host_is_local
 
 Replayer = Callable[[Exchange, dict[str, Any]], Awaitable[Exchange]]
+PAGE = resources.files(__package__).joinpath("inspector.html").read_text("utf-8")
+"""The web UI: one page, no external assets (a package data file)."""
 
 DEFAULT = "127.0.0.1:4040"
 
@@ -202,7 +205,8 @@ class Inspector:
         return response
 
     async def _page(self, request: web.Request) -> web.Response:
-        return web.Response(text=PAGE.replace("{{TARGET}}", self.target),
+        page = PAGE.replace("{{TARGET}}", html.escape(self.target))
+        return web.Response(text=page,
                             content_type="text/html", headers={
                                 "Content-Security-Policy": "default-src 'self'; "
                                 "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
@@ -247,173 +251,3 @@ def validate_edits(edits: Any) -> dict[str, Any]:
             raise ValueError("body must be a string")
         out["body"] = edits["body"].encode()
     return out
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>mesh inspector</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-:root { --bg:#0f1115; --panel:#171a21; --line:#262b36; --text:#d7dce5; --dim:#8a93a6;
-        --ok:#3fb950; --warn:#d29922; --bad:#f85149; --acc:#58a6ff; }
-* { box-sizing: border-box; }
-body { margin:0; font:13px/1.45 system-ui, sans-serif; background:var(--bg); color:var(--text); }
-header { display:flex; gap:12px; align-items:center; padding:10px 16px;
-         border-bottom:1px solid var(--line); background:var(--panel); }
-header h1 { font-size:15px; margin:0; } header .dim { color:var(--dim); }
-header .sp { flex:1; }
-button, a.btn { background:#21262d; color:var(--text); border:1px solid var(--line);
-  border-radius:6px; padding:5px 10px; cursor:pointer; font:inherit; text-decoration:none; }
-button:hover, a.btn:hover { border-color:var(--acc); }
-button.primary { background:#1f6feb; border-color:#1f6feb; color:#fff; }
-main { display:grid; grid-template-columns: minmax(320px, 42%) 1fr; height:calc(100vh - 49px); }
-#list { overflow:auto; border-right:1px solid var(--line); }
-table { width:100%; border-collapse:collapse; }
-#list td, #list th { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left;
-  white-space:nowrap; }
-#list th { color:var(--dim); font-weight:500; position:sticky; top:0; background:var(--bg); }
-#list tr.row { cursor:pointer; } #list tr.row:hover { background:#1c2130; }
-#list tr.sel { background:#1f2a3d; }
-td.path { max-width:260px; overflow:hidden; text-overflow:ellipsis; }
-.s2 { color:var(--ok); } .s3 { color:var(--acc); } .s4 { color:var(--warn); }
-.s5, .err { color:var(--bad); } .pending { color:var(--dim); }
-#detail { overflow:auto; padding:14px 18px; }
-#detail h2 { font-size:14px; margin:0 0 8px; word-break:break-all; }
-#detail h3 { font-size:12px; text-transform:uppercase; letter-spacing:.06em; color:var(--dim);
-  margin:18px 0 6px; }
-pre { background:var(--panel); border:1px solid var(--line); border-radius:6px; padding:10px;
-  white-space:pre-wrap; word-break:break-all; max-height:340px; overflow:auto; margin:0; }
-.hdrs td { padding:2px 8px 2px 0; vertical-align:top; } .hdrs td:first-child { color:var(--dim); }
-.actions { display:flex; gap:8px; margin:8px 0; }
-#edit { display:none; background:var(--panel); border:1px solid var(--line); border-radius:6px;
-  padding:10px; margin-top:8px; }
-#edit input, #edit textarea { width:100%; background:var(--bg); color:var(--text);
-  border:1px solid var(--line); border-radius:4px; padding:5px; font:12px monospace; }
-#edit label { display:block; color:var(--dim); margin:6px 0 2px; }
-.empty { color:var(--dim); padding:30px; text-align:center; }
-#note { color:var(--dim); }
-</style></head>
-<body>
-<header><h1>mesh inspector</h1><span class="dim">sharing {{TARGET}}</span>
-<span id="conn" class="dim">connecting</span><span class="sp"></span>
-<span id="note"></span>
-<a class="btn" href="/api/har" download="mesh.har">Export HAR</a>
-<button id="clear">Clear</button></header>
-<main><div id="list"><table><thead><tr><th>#</th><th>Method</th><th>Path</th>
-<th>Status</th><th>Time</th><th>Size</th></tr></thead><tbody id="rows"></tbody></table>
-<div id="none" class="empty">No requests yet. They appear here as they arrive.</div></div>
-<div id="detail"><div class="empty">Select a request.</div></div></main>
-<script>
-const rows = document.getElementById('rows'), detail = document.getElementById('detail');
-const items = new Map(); let selected = null;
-const esc = s => String(s).replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;',
-  '"':'&quot;',"'":'&#39;'}[c]));
-const size = n => n < 1024 ? n + ' B' : n < 1048576 ? (n/1024).toFixed(1) + ' KiB'
-  : (n/1048576).toFixed(1) + ' MiB';
-function statusCell(r) {
-  if (r.state === 'pending') return '<span class="pending">…</span>';
-  if (r.state === 'error') return '<span class="err">' + (r.status || 'error') + '</span>';
-  return '<span class="s' + String(r.status)[0] + '">' + r.status + '</span>';
-}
-function render(r) {
-  let tr = document.getElementById('r' + r.id);
-  if (!tr) {
-    tr = document.createElement('tr'); tr.id = 'r' + r.id; tr.className = 'row';
-    tr.dataset.id = r.id; tr.onclick = () => show(r.id); rows.prepend(tr);
-  }
-  items.set(r.id, r);
-  tr.innerHTML = '<td>' + r.id + (r.replay_of ? ' ↻' : '') + '</td><td>' + esc(r.method) +
-    '</td><td class="path" title="' + esc(r.path) + '">' + esc(r.path) + '</td><td>' +
-    statusCell(r) + '</td><td>' + (r.duration_ms == null ? '' : r.duration_ms.toFixed(1) +
-    ' ms') + '</td><td>' + size(r.bytes_out) + '</td>';
-  tr.classList.toggle('sel', selected === r.id);
-  document.getElementById('none').style.display = 'none';
-  if (selected === r.id && r.state !== 'pending') show(r.id);
-}
-function hdrs(list) {
-  if (!list.length) return '<div class="dim">none</div>';
-  return '<table class="hdrs">' + list.map(([k, v]) => '<tr><td>' + esc(k) + '</td><td>' +
-    esc(v) + '</td></tr>').join('') + '</table>';
-}
-function body(b) {
-  if (!b.size) return '<div class="dim">empty</div>';
-  const cut = b.truncated ? ' (first ' + size(b.captured) + ' of ' + size(b.size) + ')' : '';
-  if (b.binary) return '<div class="dim">binary, ' + size(b.size) + cut + '</div><pre>' +
-    esc(atob(b.base64).slice(0, 4096).split('').map(c => c.charCodeAt(0).toString(16)
-    .padStart(2, '0')).join(' ')) + '</pre>';
-  let text = b.text;
-  if (!b.truncated && /^\\s*[\\[{]/.test(text)) {
-    try { text = JSON.stringify(JSON.parse(text), null, 2); } catch (err) { /* as sent */ }
-  }
-  return (cut ? '<div class="dim">' + cut + '</div>' : '') + '<pre>' + esc(text) + '</pre>';
-}
-async function show(id) {
-  selected = id;
-  document.querySelectorAll('#rows tr').forEach(t => t.classList.toggle('sel',
-    t.dataset.id == String(id)));
-  const res = await fetch('/api/requests/' + id);
-  if (!res.ok) { detail.innerHTML = '<div class="empty">gone</div>'; return; }
-  const e = await res.json();
-  detail.innerHTML = '<h2>' + esc(e.method) + ' ' + esc(e.path) + '</h2>' +
-    '<div class="dim">#' + e.id + (e.replay_of ? ' · replay of #' + e.replay_of : '') +
-    ' · ' + esc(e.started) + ' · from ' + esc(e.client) + ' · peer ' +
-    esc(e.peer.slice(0, 12)) + ' · ' + statusCell(e) + ' ' + esc(e.reason || '') +
-    (e.error ? ' · <span class="err">' + esc(e.error) + '</span>' : '') + '</div>' +
-    '<div class="actions"><button id="replay" class="primary">Replay</button>' +
-    '<button id="editbtn">Edit &amp; replay</button></div>' +
-    '<div id="edit"><label>Method</label><input id="e-method">' +
-    '<label>Path</label><input id="e-path"><label>Headers (Name: value per line)</label>' +
-    '<textarea id="e-headers" rows="8"></textarea><label>Body</label>' +
-    '<textarea id="e-body" rows="6"></textarea><div class="actions">' +
-    '<button id="send" class="primary">Send</button></div></div>' +
-    '<h3>Request headers</h3>' + hdrs(e.request_headers) +
-    '<h3>Request body</h3>' + body(e.request_body) +
-    '<h3>Response headers</h3>' + hdrs(e.response_headers) +
-    '<h3>Response body</h3>' + body(e.response_body);
-  document.getElementById('replay').onclick = () => replay(e.id, {});
-  document.getElementById('editbtn').onclick = () => {
-    const f = document.getElementById('edit'); f.style.display = 'block';
-    document.getElementById('e-method').value = e.method;
-    document.getElementById('e-path').value = e.path;
-    document.getElementById('e-headers').value = e.request_headers.filter(([k]) =>
-      !['content-length', 'transfer-encoding'].includes(k)).map(([k, v]) => k + ': ' + v)
-      .join('\\n');
-    document.getElementById('e-body').value = e.request_body.binary ? '' :
-      (e.request_body.text || '');
-  };
-  document.getElementById('send').onclick = () => replay(e.id, {
-    method: document.getElementById('e-method').value.trim(),
-    path: document.getElementById('e-path').value.trim(),
-    headers: document.getElementById('e-headers').value.split('\\n').filter(l => l.trim())
-      .map(l => { const i = l.indexOf(':'); return [l.slice(0, i).trim(),
-      l.slice(i + 1).trim()]; }),
-    body: document.getElementById('e-body').value });
-}
-async function replay(id, edits) {
-  const note = document.getElementById('note'); note.textContent = 'replaying #' + id + '…';
-  const res = await fetch('/api/requests/' + id + '/replay', { method: 'POST',
-    headers: {'Content-Type': 'application/json'}, body: JSON.stringify(edits) });
-  const out = await res.json();
-  note.textContent = res.ok ? 'replayed #' + id + ' as #' + out.id + ' → ' +
-    (out.status || out.state) : 'replay failed: ' + out.error;
-  if (res.ok) { render(out); show(out.id); }
-}
-document.getElementById('clear').onclick = async () => {
-  await fetch('/api/requests', { method: 'DELETE' });
-  rows.innerHTML = ''; items.clear(); selected = null;
-  detail.innerHTML = '<div class="empty">Select a request.</div>';
-  document.getElementById('none').style.display = '';
-};
-async function load() {
-  const res = await fetch('/api/requests'); const data = await res.json();
-  data.requests.forEach(render);
-}
-function live() {
-  const es = new EventSource('/api/live'), conn = document.getElementById('conn');
-  es.onopen = () => { conn.textContent = '● live'; conn.style.color = 'var(--ok)'; };
-  es.onmessage = m => render(JSON.parse(m.data).request);
-  es.onerror = () => { conn.textContent = 'reconnecting'; conn.style.color = 'var(--warn)'; };
-}
-load().then(live);
-</script></body></html>
-"""

@@ -36,11 +36,10 @@ from typing import Any, Protocol
 
 import h11
 
-from mesh.errors import ConfigError
-from mesh.proto.names import check_basic_auth, check_positive, parse_loopback
-from mesh.transport.stream import Duplex, splice
+from mesh.transport.stream import Duplex, Tapped, splice
 
 from .capture import Exchange, Store
+from .config import HttpConfig
 from .policy import (
     Headers,
     Refusal,
@@ -55,64 +54,7 @@ from .policy import (
 log = logging.getLogger("mesh.http")
 
 READ = 64 * 1024
-DEFAULT_INSPECT = "127.0.0.1:4040"
 Opener = Callable[[], Awaitable[Duplex]]
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """How the engine treats one client connection (``mesh share --http`` options and
-    the gateway's limits)."""
-
-    basic_auth: tuple[str, str] | None = None
-    """Require these Basic credentials (checked by the sharer, never forwarded)."""
-    host_header: str | None = None
-    """``None`` keeps the client's Host, ``"rewrite"`` sends the service's host:port,
-    anything else is sent as is."""
-    inspect: str | None = "127.0.0.1:4040"
-    """Address of the local inspector (loopback only); ``None`` disables it."""
-    inspect_explicit: bool = False
-    """``inspect`` was chosen by the user: if taken, fail rather than move on."""
-    header_timeout: float = 10.0
-    """Seconds a client has to finish a request head."""
-    keepalive_timeout: float = 75.0
-    """Seconds an idle keep-alive connection, or a silent request body, is kept."""
-    max_head: int = 16 * 1024
-    """Largest request head (request line and headers)."""
-    body_cap: int = 128 * 1024
-    """Bytes of each body kept for the inspector."""
-    history: int = 200
-    """Exchanges kept for the inspector."""
-    upstream_timeout: float = 10.0
-    """Seconds to connect to the upstream."""
-    response_timeout: float | None = None
-    """Seconds the upstream has to start its response (then 504); None: no limit."""
-    max_body: int | None = None
-    """Largest request body accepted (413 beyond it); None: no limit."""
-
-    def __post_init__(self) -> None:
-        if self.basic_auth is not None and not all(self.basic_auth):
-            raise ConfigError("--basic-auth must be USER:PASS, both non-empty")
-        if self.host_header is not None and (not self.host_header.strip() or any(
-                c in self.host_header for c in "\r\n\0 ")):
-            raise ConfigError("--host-header must be rewrite or a host[:port] without spaces")
-        if self.inspect is not None:
-            parse_loopback(self.inspect, "--inspect")  # the inspector can replay: loopback
-        for what in ("header_timeout", "keepalive_timeout", "upstream_timeout"):
-            check_positive(getattr(self, what), what)
-        if self.max_head < 256 or self.body_cap < 0 or self.history < 0:
-            raise ConfigError("max_head must be at least 256, body_cap and history >= 0")
-
-    @classmethod
-    def from_flags(cls, *, basic_auth: str | None = None, host_header: str | None = None,
-                   inspect: str | None = None, no_inspect: bool = False) -> HttpConfig:
-        """``--basic-auth``, ``--host-header``, ``--inspect`` (None: the default, which
-        moves to the next free port when taken; an address given must be free) and
-        ``--no-inspect``."""
-        return cls(basic_auth=check_basic_auth(basic_auth, "--basic-auth")
-                   if basic_auth is not None else None, host_header=host_header,
-                   inspect=None if no_inspect else inspect or DEFAULT_INSPECT,
-                   inspect_explicit=inspect is not None)
 
 
 @dataclass(frozen=True)
@@ -465,9 +407,9 @@ class HttpProxy:
             self.store.respond(ex, 101, event.reason, headers)
         started = time.monotonic()
         self.up = None  # the upstream now belongs to the splice
-        client = _Recorded(self.client, self.conn.trailing_data[0],
+        client = Tapped(self.client, self.conn.trailing_data[0],
                            ex.request_body.feed if ex is not None else None)
-        service = _Recorded(up.io, up.conn.trailing_data[0],
+        service = Tapped(up.io, up.conn.trailing_data[0],
                             ex.response_body.feed if ex is not None else None)
         try:
             await splice(client, service)
@@ -475,35 +417,3 @@ class HttpProxy:
             log.debug("upgraded connection ended after %.1f s", time.monotonic() - started)
             self._end(ex, None, "upgraded")
         return "upgraded"
-
-
-class _Recorded:
-    """A ``Duplex`` that first returns bytes h11 had already read past the head, and
-    feeds what is read to the capture store."""
-
-    def __init__(self, io: Duplex, first: bytes, feed: Callable[[bytes], None] | None) -> None:
-        self.io, self.first, self.feed = io, first, feed
-
-    async def read(self, n: int) -> bytes:
-        if self.first:
-            data, self.first = self.first, b""
-        else:
-            data = await self.io.read(n)
-        if data and self.feed is not None:
-            self.feed(data)
-        return data
-
-    async def write(self, data: bytes) -> None:
-        await self.io.write(data)
-
-    async def write_eof(self) -> None:
-        await self.io.write_eof()
-
-    def close(self) -> None:
-        self.io.close()
-
-    def abort(self, reason: str) -> None:
-        self.io.abort(reason)
-
-    async def wait_reset(self) -> str:
-        return await self.io.wait_reset()

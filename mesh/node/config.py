@@ -14,7 +14,7 @@ import socket
 from dataclasses import dataclass, field
 
 from mesh.errors import ConfigError
-from mesh.http.proxy import HttpConfig
+from mesh.http.config import HttpConfig
 from mesh.proto import names
 from mesh.proto.ticket import Ticket
 from mesh.transport.peer import IceSettings

@@ -17,48 +17,39 @@ guard use it directly; the listener splices each accepted TCP connection to one)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
-import secrets
 import time
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from mesh.errors import (
     AddressInUse,
     AdmissionDenied,
     ConfigError,
     ConnectError,
-    EnvelopeError,
-    EnvelopeKindError,
     HandshakeError,
     MeshError,
     PeerUnreachable,
     Refused,
 )
-from mesh.http.proxy import HttpConfig, HttpProxy
+from mesh.http.config import HttpConfig
+from mesh.http.proxy import HttpProxy
 from mesh.http.roles import GuardRole
-from mesh.proto import admission, control, link
-from mesh.proto.envelope import Opener, seal_envelope
+from mesh.proto import control, link
 from mesh.proto.identity import Identity
-from mesh.proto.ticket import share_tag
 from mesh.transport.fastpath import watch_packet_size
 from mesh.transport.peer import (
     IcePlan,
-    PathInfo,
     ice_plan,
-    make_pc,
-    path_info,
     udp_reachable,
-    wait_connected,
 )
-from mesh.transport.pump import ControlPump
 from mesh.transport.stream import Counters, Stream, TcpDuplex, splice
 
 from . import events
 from .config import ConnectConfig
+from .dialer import Dialer, Link
 from .home import load_or_create
 from .signal_client import SignalClient
 from .status import ControlServer
@@ -68,19 +59,6 @@ log = logging.getLogger("mesh.connect")
 FATAL = (HandshakeError, AdmissionDenied, Refused, PeerUnreachable)
 """Attempt failures no retry can change: the first connect fails at once."""
 QUIET_RESETS = ("connection reset", "tunnel closed", "reset by peer")
-
-
-class _Link:
-    """One established, admitted peer connection."""
-
-    def __init__(self, pc: RTCPeerConnection, pump: ControlPump, info: PathInfo,
-                 session: str) -> None:
-        self.pc, self.pump, self.info, self.session = pc, pump, info, session
-        self.streams = 0
-
-    @property
-    def rtt_ms(self) -> float | None:
-        return self.pump.machine.rtt_ms
 
 
 class Tunnel:
@@ -100,15 +78,14 @@ class Tunnel:
         self.started = time.monotonic()
         self._shared_signal = signal
         self._signal: SignalClient | None = None
-        self._opener = Opener(self.identity, frozenset({"answer", "reject"}))
-        self._answers: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
+        self._dialer = Dialer(self.identity, self.ticket, config)
         self._server: asyncio.Server | None = None
         self._machine = link.Link(link.LinkTimings(
             relay_after=config.relay_after, connect_timeout=config.connect_timeout,
             upgrade_interval=config.upgrade_interval), relay_only=config.relay_only)
         self._attempts: dict[int, asyncio.Task[None]] = {}
-        self._links: dict[int, _Link] = {}
-        self._link: _Link | None = None
+        self._links: dict[int, Link] = {}
+        self._link: Link | None = None
         self._first: asyncio.Future[None] | None = None
         self._began: float | None = None
         self._plan = IcePlan()
@@ -159,10 +136,11 @@ class Tunnel:
                 self._signal = self._shared_signal
             else:
                 self._signal = SignalClient(
-                    self.identity, urls, self.on_payload,
+                    self.identity, urls, self._dialer.on_payload,
                     lambda state, url: self.emit(events.Signal(state, url)),
                     fast_urls=frozenset(hints))
                 await self._signal.start()
+            self._dialer.signal = self._signal
             self._plan = ice_plan(self._signal.ice_servers)
             self._began = self._now()  # the first connect_ms counts the UDP probe too
             self._udp_ok = await udp_reachable(self._plan)
@@ -237,31 +215,8 @@ class Tunnel:
 
     # -- signaling ------------------------------------------------------------------
     def on_payload(self, sender: str, payload: bytes) -> None:
-        """A payload from the signaling server (also fed by a gateway's shared client)."""
-        try:
-            env = self._opener.open(payload, sender, time.time())
-        except EnvelopeKindError:
-            return  # e.g. our own offer, when the share runs under the same node key
-        except EnvelopeError as exc:
-            # Only the server stamps "from", so a bad envelope "from the sharer" means
-            # the server (or whatever is between us) altered it: fail loudly.
-            if sender == self.ticket.node_id:
-                for fut in self._answers.values():
-                    if not fut.done():
-                        fut.set_exception(HandshakeError(
-                            f"the sharer's answer failed verification ({exc}); the "
-                            "signaling server or the network tampered with it"))
-            return
-        waiting = self._answers.get(env.session)
-        if waiting is not None and not waiting.done() and env.sender == self.ticket.node_id:
-            waiting.set_result((env.kind, env.body))
-
-    async def _bye(self, session: str) -> None:
-        if self._signal is None or not self._signal.registered.is_set():
-            return
-        blob = seal_envelope(self.identity, self.ticket.node_id, "bye", session, {}, time.time())
-        with contextlib.suppress(MeshError, asyncio.CancelledError):
-            await self._signal.send(self.ticket.node_id, blob)
+        """A payload from a signaling client shared with others (the gateway's)."""
+        self._dialer.on_payload(sender, payload)
 
     # -- the link machine's commands ------------------------------------------------
     def _now(self) -> float:
@@ -309,15 +264,12 @@ class Tunnel:
         self._drive()
 
     async def _attempt(self, aid: int, mode: str) -> None:
-        pc = make_pc(self._plan, mode, self._udp_ok, self.config.ice)
-        session = secrets.token_hex(8)
         try:
-            established = await self._handshake(aid, pc, session, mode)
+            established = await self._dialer.dial(
+                mode, self._plan, self._udp_ok, lambda event: self._on_control(aid, event))
         except asyncio.CancelledError:
-            await self._discard(pc, session)
             raise
         except Exception as exc:
-            await self._discard(pc, session)
             if not isinstance(exc, MeshError):
                 log.debug("attempt failed", exc_info=exc)
                 exc = ConnectError(f"the peer connection failed: {type(exc).__name__}")
@@ -326,89 +278,15 @@ class Tunnel:
         else:
             self._attempts.pop(aid, None)
             self._links[aid] = established
+            pc = established.pc
             pc.on("connectionstatechange", lambda: self._on_pc_state(aid, pc))
             self._machine.attempt_up(aid, established.info.path, self._now())
         self._drive()
 
-    async def _discard(self, pc: RTCPeerConnection, session: str) -> None:
-        with contextlib.suppress(Exception):
-            await pc.close()
-        await self._bye(session)
-
-    async def _handshake(self, aid: int, pc: RTCPeerConnection, session: str,
-                         mode: str) -> _Link:
-        cfg = self.config
-        assert self._signal is not None
-        ctl = pc.createDataChannel("mesh-ctl")
-        await pc.setLocalDescription(await pc.createOffer())
-        offer_sdp = pc.localDescription.sdp
-        kind, body = await self._offer(session, {
-            "sdp": offer_sdp, "name": self.ticket.name, "mode": mode,
-            "share": share_tag(self.ticket.name), "lan": cfg.by_name})
-        if kind == "reject":
-            raise Refused(f"the sharer refused: {str(body.get('reason'))[:200]}")
-        answer_sdp = body.get("sdp")
-        if not isinstance(answer_sdp, str):
-            raise HandshakeError("the sharer's answer carries no SDP")
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
-        except (ValueError, AttributeError) as exc:
-            raise HandshakeError(f"the sharer's answer is unusable: {exc}") from exc
-        await wait_connected(pc, cfg.connect_timeout)
-        transcript = admission.Transcript(
-            sharer=self.ticket.node_id, connector=self.identity.node_id,
-            offer_fps=admission.fingerprints(offer_sdp),
-            answer_fps=admission.fingerprints(answer_sdp))
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        machine = control.Control(
-            control.Role.CONNECTOR, admission.ConnectorAdmission(self.ticket.secret, transcript),
-            self._now(), control.Timings(admit_timeout=cfg.admission_timeout))
-        pump = ControlPump(machine, lambda event: self._on_control(aid, event, ready))
-        pump.attach(ctl)
-        try:
-            await ready
-        except BaseException:
-            pump.close()
-            raise
-        return _Link(pc, pump, path_info(pc), session)
-
-    async def _offer(self, session: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """Send the sealed offer; the sharer's answer (or refusal), within answer_timeout."""
-        assert self._signal is not None
-        timeout = self.config.answer_timeout
-        fut: asyncio.Future[tuple[str, dict[str, Any]]] = (
-            asyncio.get_running_loop().create_future())
-        self._answers[session] = fut
-        blob = seal_envelope(self.identity, self.ticket.node_id, "offer", session, body,
-                             time.time())
-        try:
-            errors = await self._signal.send(self.ticket.node_id, blob)
-            try:
-                waits: set[asyncio.Future[Any]] = {fut, errors}
-                done, _ = await asyncio.wait(waits, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if errors in done:
-                    errors.result()
-            finally:
-                errors.cancel()
-            if fut not in done:
-                raise ConnectError(f"the sharer did not answer within {timeout:g} s"
-                                   " (is the share still running?)")
-            return fut.result()
-        finally:
-            self._answers.pop(session, None)
-
-    def _on_control(self, aid: int, event: control.Event, ready: asyncio.Future[None]) -> None:
+    def _on_control(self, aid: int, event: control.Event) -> None:
         match event:
-            case control.Ready():
-                if not ready.done():
-                    ready.set_result(None)
             case control.Failed(error):
-                if not ready.done():
-                    ready.set_exception(error if isinstance(error, ConnectError) else
-                                        ConnectError(f"admission failed: {error}"))
-                else:
-                    self._lost(aid, f"control channel: {error}")
+                self._lost(aid, f"control channel: {error}")
             case control.Dead(reason):
                 self._lost(aid, f"no answer from the sharer ({reason})")
 
@@ -421,7 +299,7 @@ class Tunnel:
             self._machine.lost(reason, self._now())
             self._drive()
 
-    def _install(self, established: _Link, kind: str, started: float) -> None:
+    def _install(self, established: Link, kind: str, started: float) -> None:
         if self._began is not None:
             started, self._began = min(started, self._began), None
         self._link = established
@@ -446,7 +324,7 @@ class Tunnel:
             self._up.clear()
         self._spawn(self._close_link(old))
 
-    async def _close_link(self, old: _Link) -> None:
+    async def _close_link(self, old: Link) -> None:
         """Close a connection once nothing uses it (streams opened on it before an
         upgrade finish there; at most an hour)."""
         deadline = time.monotonic() + 3600
@@ -454,7 +332,7 @@ class Tunnel:
                 time.monotonic() < deadline and not self._closed):
             await asyncio.sleep(1.0)
         old.pump.close()
-        await self._discard(old.pc, old.session)
+        await self._dialer.discard(old.pc, old.session)
 
     # -- local connections ----------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,

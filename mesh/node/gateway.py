@@ -41,6 +41,7 @@ import h11
 
 from mesh.errors import AddressInUse, ConfigError, EnvelopeError, MeshError, PeerUnreachable
 from mesh.http.capture import Exchange, Store
+from mesh.http.config import HttpConfig
 from mesh.http.policy import (
     Headers,
     Refusal,
@@ -51,7 +52,7 @@ from mesh.http.policy import (
     is_upgrade,
     strip_hop_by_hop,
 )
-from mesh.http.proxy import HttpConfig, HttpProxy, Route
+from mesh.http.proxy import HttpProxy, Route
 from mesh.proto import ticket as ticket_mod
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity

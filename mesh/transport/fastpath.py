@@ -56,8 +56,7 @@ from aiortc.rtcsctptransport import (
 from aiortc.utils import uint32_gt, uint32_gte
 from OpenSSL import SSL
 
-from mesh.proto import plpmtud
-from signaling import sockopt
+from mesh.proto import plpmtud, sockopt
 
 log = logging.getLogger("mesh.fastpath")
 

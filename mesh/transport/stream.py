@@ -284,6 +284,39 @@ class Stream:
         self._send(sp.encode(sp.Ok()))
 
 
+class Tapped:
+    """A ``Duplex`` that first returns ``first`` (bytes a parser already read past, such
+    as the start of a WebSocket after an HTTP head), and hands every byte read to ``tap``
+    (the inspector's capture)."""
+
+    def __init__(self, io: Duplex, first: bytes, tap: Callable[[bytes], None] | None) -> None:
+        self.io, self.first, self.tap = io, first, tap
+
+    async def read(self, n: int) -> bytes:
+        if self.first:
+            data, self.first = self.first, b""
+        else:
+            data = await self.io.read(n)
+        if data and self.tap is not None:
+            self.tap(data)
+        return data
+
+    async def write(self, data: bytes) -> None:
+        await self.io.write(data)
+
+    async def write_eof(self) -> None:
+        await self.io.write_eof()
+
+    def close(self) -> None:
+        self.io.close()
+
+    def abort(self, reason: str) -> None:
+        self.io.abort(reason)
+
+    async def wait_reset(self) -> str:
+        return await self.io.wait_reset()
+
+
 async def splice(a: Duplex, b: Duplex, *, idle_timeout: float = 0.0,
                  chunk: int = sp.CHUNK) -> str | None:
     """Move bytes both ways until both directions ended; return the reset reason, if any.

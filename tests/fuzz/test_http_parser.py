@@ -15,8 +15,9 @@ import h11
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mesh.http.config import HttpConfig
 from mesh.http.policy import ShareHttpPolicy, head_problem
-from mesh.http.proxy import HttpConfig, HttpProxy
+from mesh.http.proxy import HttpProxy
 from mesh.http.roles import ShareRole
 from mesh.transport.stream import TcpDuplex
 from tests.fuzz.conftest import CASES, scaled

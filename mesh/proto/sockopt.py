@@ -1,7 +1,8 @@
 """UDP socket options for datagrams that carry SCTP packets sized by path MTU discovery.
 
-Owns two settings, shared by the TURN relay (turn_server.py) and the peers'
-ICE sockets (mesh/transport/fastpath.py):
+Owns two settings, shared by the TURN relay (signaling/turn_server.py) and the
+peers' ICE sockets (mesh/transport): the only module of mesh.proto that takes a
+socket, and it does no I/O on it, only sets options:
 
 - DF (Linux ``IP_MTU_DISCOVER`` / ``IPV6_MTU_DISCOVER`` = ``PMTUDISC_DO``): a
   datagram too large for a link is dropped, never fragmented, so a probe that

@@ -1,0 +1,43 @@
+"""The ``mesh`` command line: builds configuration, calls the Python API, prints events.
+
+Output contract: with ``--json`` every line on stdout is one JSON object with an
+``event`` field (``ready``, ``listening``, ``connected``, ``disconnected``,
+``rejected``, ``signal``, ``warning``, ``error``, ...). Without it, humans get
+short lines (the ticket on stdout, the rest on stderr). Every ``MeshError``
+becomes one line and the exit code of its class (the table is in
+mesh/errors.py and the README); Ctrl-C exits 130, a bug 70.
+
+Commands live in the modules of this package (serve, peer, tools); every check of a
+value lives in the configuration classes (mesh/node/config.py,
+mesh/http/proxy.py, signaling/): this module only maps flags to fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import click
+
+from .common import setup_logging
+from .peer import connect_cmd, release_cmd, share_cmd
+from .serve import gateway_cmd, signal_cmd
+from .tools import id_cmd, ls_cmd, netcheck_cmd, status_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv: debug).")
+@click.version_option(package_name="mesh-tunnel", prog_name="mesh")
+def main(verbose: int) -> None:
+    """mesh: share a local TCP service with another machine, peer to peer."""
+    setup_logging(verbose)
+
+
+
+for command in (signal_cmd, share_cmd, gateway_cmd, release_cmd, connect_cmd, netcheck_cmd,
+                ls_cmd, status_cmd, id_cmd):
+    main.add_command(command)
+
+
+def run_main() -> None:  # pragma: no cover - console entry alias
+    with contextlib.suppress(BrokenPipeError):
+        main()

@@ -1,0 +1,136 @@
+"""What every ``mesh`` command shares: output, the run loop, exit codes, common options.
+
+Output contract: with ``--json`` every line on stdout is one JSON object with an
+``event`` field (``ready``, ``listening``, ``connected``, ``disconnected``,
+``rejected``, ``signal``, ``warning``, ``error``, ...). Without it, humans get
+short lines (the ticket on stdout, the rest on stderr). Every ``MeshError``
+becomes one line and the exit code of its class (the table is in
+mesh/errors.py and the README); Ctrl-C exits 130, a bug 70.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from mesh.errors import INTERNAL, INTERRUPTED, MeshError
+from mesh.node import events
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Output:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, event: events.Event) -> None:
+        if self.as_json:
+            sys.stdout.write(json.dumps(event.to_json(), default=str) + "\n")
+            sys.stdout.flush()
+        else:
+            stream = (sys.stdout if isinstance(event, events.Ready | events.NetcheckEvent)
+                      else sys.stderr)
+            stream.write(event.human() + "\n")
+            stream.flush()
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if verbose < 2:
+        for noisy in ("aioice", "aiortc", "aiohttp", "asyncio"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL if noisy == "asyncio"
+                                              else logging.ERROR)
+
+
+def run_until_stopped(out: Output, main: Callable[[], Awaitable[None]]) -> None:
+    """Run ``main`` until it returns, SIGTERM (exit 0) or SIGINT (exit 130)."""
+    stopped_by: list[int] = []
+
+    async def runner() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(signum: int) -> None:
+            stopped_by.append(signum)
+            task.cancel()
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop, signum)
+        await main()
+
+    code = 0
+    try:
+        asyncio.run(runner())
+    except asyncio.CancelledError:
+        if stopped_by and stopped_by[0] == signal.SIGINT:
+            out(events.ErrorEvent("interrupted"))
+            code = INTERRUPTED
+    except MeshError as exc:
+        out(events.ErrorEvent(str(exc)))
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        out(events.ErrorEvent("interrupted"))
+        code = INTERRUPTED
+    except Exception as exc:  # a bug: still one line (details with -v)
+        logging.getLogger("mesh").debug("internal error", exc_info=True)
+        out(events.ErrorEvent(f"internal error: {type(exc).__name__}: {exc}"))
+        code = INTERNAL
+    sys.exit(code)
+
+
+def configured(as_json: bool, build: Callable[[], Any]) -> Any:
+    """``build()``, or one error line and the exit code of its ``MeshError``."""
+    try:
+        return build()
+    except MeshError as exc:
+        Output(as_json)(events.ErrorEvent(str(exc)))
+        sys.exit(exc.exit_code)
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print events as JSON lines.")(f)
+
+
+def signal_option(f: F) -> F:
+    return click.option("--signal", "signal_urls", multiple=True, metavar="URL",
+                        help="Signaling server (repeatable; default: $MESH_SIGNAL).")(f)
+
+
+def max_streams_option(f: F) -> F:
+    return click.option("--max-streams", default=4096, show_default=True,
+                        type=click.IntRange(1),
+                        help="Connections tunnelled at once (per peer on a share).")(f)
+
+
+def idle_option(f: F) -> F:
+    return click.option("--idle-timeout", default=0.0, show_default=True,
+                        type=click.FloatRange(0),
+                        help="Close a connection idle this many seconds (0: never).")(f)
+
+
+def raise_fd_limit() -> None:
+    """A server holds one socket per client: use the whole hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+

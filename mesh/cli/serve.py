@@ -1,0 +1,144 @@
+"""``mesh signal`` and ``mesh gateway``: the server side of a deployment."""
+
+from __future__ import annotations
+
+import click
+
+from mesh.errors import ConfigError
+from mesh.node import environ, events
+
+from .common import (
+    Output,
+    configured,
+    forever,
+    json_option,
+    raise_fd_limit,
+    run_until_stopped,
+    signal_option,
+)
+
+
+# -- mesh signal ---------------------------------------------------------------------------
+@click.command("signal")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Signaling (WebSocket) port; 0 picks a free one.")
+@click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65535),
+              help="UDP/TCP port of the embedded STUN/TURN server (UDP port+1 answers STUN "
+                   "too, for NAT type tests); 0 picks a free one.")
+@click.option("--no-turn", is_flag=True, help="Do not run the embedded STUN/TURN server.")
+@click.option("--public-ip", default=None, help="Address to advertise for STUN/TURN.")
+@click.option("--turn", "turn_urls", multiple=True, metavar="URL",
+              help="External TURN server (e.g. coturn) to hand out instead (repeatable).")
+@click.option("--turn-secret", default=None, metavar="SECRET",
+              help="Shared secret for TURN REST credentials (coturn: static-auth-secret).")
+@click.option("--relay-allow", multiple=True, metavar="CIDR",
+              help="Let the relay reach this normally refused range (repeatable).")
+@click.option("--max-allocations", default=1000, show_default=True, type=click.IntRange(1),
+              help="TURN allocations in total.")
+@click.option("--max-allocations-per-user", default=10, show_default=True,
+              type=click.IntRange(1), help="TURN allocations per node.")
+@click.option("--relay-bandwidth", default=16 * 1024 * 1024, show_default=True,
+              type=click.IntRange(1024), help="Bytes per second one allocation may relay.")
+@click.option("--max-conns-per-ip", default=64, show_default=True, type=click.IntRange(1),
+              help="Concurrent connections allowed from one address.")
+@click.option("--rate", default=50.0, show_default=True, type=click.FloatRange(0.1),
+              help="Frames per second allowed per connection.")
+@click.option("--redis", "redis_url", default=None, metavar="URL",
+              help="Share presence and routing with other instances (redis://HOST:PORT/0).")
+@click.option("--presence-ttl", default=15.0, show_default=True, type=click.FloatRange(1),
+              help="With --redis: seconds until a dead instance's nodes vanish.")
+@click.option("--gateway", "gateways", multiple=True, metavar="NODE_ID",
+              help="Node id of a `mesh gateway` allowed to announce itself (repeatable).")
+@json_option
+def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: str | None,
+               turn_urls: tuple[str, ...], turn_secret: str | None, relay_allow: tuple[str, ...],
+               max_allocations: int, max_allocations_per_user: int, relay_bandwidth: int,
+               max_conns_per_ip: int, rate: float, redis_url: str | None,
+               presence_ttl: float, gateways: tuple[str, ...], as_json: bool) -> None:
+    """Run the rendezvous server: signaling plus STUN/TURN."""
+    from signaling.rendezvous import Rendezvous, RendezvousConfig
+    from signaling.server import ServerConfig
+
+    out = Output(as_json)
+    config = configured(as_json, lambda: RendezvousConfig(
+        signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip,
+                            rate=rate, gateways=frozenset(gateways)),
+        stun_port=None if no_turn else stun_port, public_ip=public_ip, turn_urls=turn_urls,
+        turn_secret=turn_secret.encode() if turn_secret else None, relay_allow=relay_allow,
+        max_allocations=max_allocations, max_allocations_per_user=max_allocations_per_user,
+        relay_bandwidth=relay_bandwidth, redis_url=redis_url, presence_ttl=presence_ttl))
+
+    async def run() -> None:
+        raise_fd_limit()
+        server = Rendezvous(config)
+        try:
+            url = await server.start()
+        except ConnectionError as exc:
+            raise ConfigError(str(exc)) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+        assert server.signal is not None
+        sc = server.signal.config
+        out(events.SignalReady(url, list(sc.stun_urls), list(sc.turn_urls)))
+        try:
+            await forever()
+        finally:
+            await server.stop()
+
+    run_until_stopped(out, run)
+
+
+# -- mesh gateway ----------------------------------------------------------------------------
+@click.command("gateway")
+@click.option("--domain", required=True, help="Serve shares as NAME.DOMAIN.")
+@click.option("--listen", "listen", default="0.0.0.0:8080", show_default=True, metavar="ADDR",
+              help="HOST:PORT to serve HTTP(S) on (port 0 picks a free one).")
+@click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain).")
+@click.option("--tls-key", default=None, metavar="FILE", help="PEM private key.")
+@signal_option
+@click.option("--public-url", default=None, metavar="URL",
+              help="Base URL shares print, when the gateway sits behind something else.")
+@click.option("--max-body", default=10 * 1024 * 1024, show_default=True,
+              type=click.IntRange(0), help="Largest request body in bytes (413 beyond).")
+@click.option("--rate-per-share", default=100.0, show_default=True,
+              type=click.FloatRange(0.1), help="Requests per second per share (503 beyond).")
+@click.option("--rate-per-client", default=50.0, show_default=True,
+              type=click.FloatRange(0.1),
+              help="Requests per second per client address (503 beyond).")
+@click.option("--burst", default=200.0, show_default=True, type=click.FloatRange(1),
+              help="Requests a share or client may make at once before the rates apply.")
+@click.option("--max-streams-per-share", default=64, show_default=True,
+              type=click.IntRange(1), help="Open requests per share (503 beyond).")
+@click.option("--share-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a share has to start answering (504 beyond).")
+@json_option
+def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
+                signal_urls: tuple[str, ...], public_url: str | None, max_body: int,
+                rate_per_share: float, rate_per_client: float, burst: float,
+                max_streams_per_share: int, share_timeout: float, as_json: bool) -> None:
+    """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
+    from mesh.node.config import GatewayConfig
+    from mesh.node.gateway import Gateway
+    from mesh.proto.names import parse_hostport
+
+    def build() -> GatewayConfig:
+        host, port = parse_hostport(listen, "--listen", default_host="0.0.0.0", zero_ok=True)
+        return GatewayConfig(
+            domain=domain, signal_urls=environ.signal_urls(signal_urls), host=host, port=port,
+            tls_cert=tls_cert, tls_key=tls_key, public_url=public_url, max_body=max_body,
+            rate_per_share=rate_per_share, burst_per_share=burst,
+            rate_per_client=rate_per_client, burst_per_client=burst,
+            max_streams_per_share=max_streams_per_share, share_timeout=share_timeout)
+
+    out = Output(as_json)
+    config = configured(as_json, build)
+
+    async def run() -> None:
+        raise_fd_limit()
+        async with Gateway(config, on_event=out):
+            await forever()
+
+    run_until_stopped(out, run)
+
+
