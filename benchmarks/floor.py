@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from mesh.node.environ import ice_addresses
-from mesh.transport.peer import gather_on
+from mesh.transport.ice import gather_on
 
 gather_on(ice_addresses())  # the loopback ICE address switch, as mesh uses it
 

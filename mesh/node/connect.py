@@ -22,8 +22,6 @@ import logging
 import time
 from typing import Any
 
-from aiortc import RTCPeerConnection
-
 from mesh.errors import (
     AddressInUse,
     AdmissionDenied,
@@ -39,12 +37,7 @@ from mesh.http.proxy import HttpProxy
 from mesh.http.roles import GuardRole
 from mesh.proto import control, link
 from mesh.proto.identity import Identity
-from mesh.transport.fastpath import watch_packet_size
-from mesh.transport.peer import (
-    IcePlan,
-    ice_plan,
-    udp_reachable,
-)
+from mesh.transport.ice import IcePlan, ice_plan, udp_reachable
 from mesh.transport.stream import Counters, Stream, TcpDuplex, splice
 
 from . import events
@@ -187,7 +180,7 @@ class Tunnel:
         def done() -> None:
             current.streams -= 1
 
-        return Stream(current.pc.createDataChannel("tcp"), self.counters, on_end=done)
+        return Stream(current.peer.open_channel("tcp"), self.counters, on_end=done)
 
     async def close(self) -> None:
         self._closed = True
@@ -278,8 +271,7 @@ class Tunnel:
         else:
             self._attempts.pop(aid, None)
             self._links[aid] = established
-            pc = established.pc
-            pc.on("connectionstatechange", lambda: self._on_pc_state(aid, pc))
+            established.peer.on_state(lambda state: self._on_peer_state(aid, state))
             self._machine.attempt_up(aid, established.info.path, self._now())
         self._drive()
 
@@ -290,9 +282,9 @@ class Tunnel:
             case control.Dead(reason):
                 self._lost(aid, f"no answer from the sharer ({reason})")
 
-    def _on_pc_state(self, aid: int, pc: RTCPeerConnection) -> None:
-        if pc.connectionState in ("failed", "closed"):
-            self._lost(aid, f"peer connection {pc.connectionState}")
+    def _on_peer_state(self, aid: int, state: str) -> None:
+        if state in ("failed", "closed"):
+            self._lost(aid, f"peer connection {state}")
 
     def _lost(self, aid: int, reason: str) -> None:
         if not self._closed and self._machine.link == aid:
@@ -310,7 +302,7 @@ class Tunnel:
             remote_candidate=info.remote_type, remote_addr=info.remote_addr,
             rtt_ms=established.rtt_ms, connect_ms=round((self._now() - started) * 1000, 3),
             extra={"port": self.port, "name": self.ticket.name, "attempt": kind}))
-        watch_packet_size(established.pc, lambda size: self.emit(
+        established.peer.watch_packet_size(lambda size: self.emit(
             events.PathMtu(self.ticket.node_id, size)))
         if self._first is not None and not self._first.done():
             self._first.set_result(None)
@@ -328,11 +320,11 @@ class Tunnel:
         """Close a connection once nothing uses it (streams opened on it before an
         upgrade finish there; at most an hour)."""
         deadline = time.monotonic() + 3600
-        while old.streams > 0 and old.pc.connectionState == "connected" and (
+        while old.streams > 0 and old.peer.state == "connected" and (
                 time.monotonic() < deadline and not self._closed):
             await asyncio.sleep(1.0)
         old.pump.close()
-        await self._dialer.discard(old.pc, old.session)
+        await self._dialer.discard(old.peer, old.session)
 
     # -- local connections ----------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,

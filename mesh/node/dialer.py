@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
-
 from mesh.errors import (
     ConnectError,
     EnvelopeError,
@@ -32,7 +30,8 @@ from mesh.proto import admission, control
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket, share_tag
-from mesh.transport.peer import IcePlan, PathInfo, make_pc, path_info, wait_connected
+from mesh.transport.ice import IcePlan
+from mesh.transport.peer import PathInfo, Peer
 from mesh.transport.pump import ControlPump
 
 from .config import ConnectConfig
@@ -44,9 +43,8 @@ OnControl = Callable[[control.Event], None]
 class Link:
     """One established, admitted peer connection."""
 
-    def __init__(self, pc: RTCPeerConnection, pump: ControlPump, info: PathInfo,
-                 session: str) -> None:
-        self.pc, self.pump, self.info, self.session = pc, pump, info, session
+    def __init__(self, peer: Peer, pump: ControlPump, info: PathInfo, session: str) -> None:
+        self.peer, self.pump, self.info, self.session = peer, pump, info, session
         self.streams = 0
 
     @property
@@ -69,12 +67,12 @@ class Dialer:
     async def dial(self, mode: str, plan: IcePlan, udp_ok: bool, on_control: OnControl) -> Link:
         """One admitted peer connection; ``on_control`` gets its control events after
         admission (``Dead``, ``Failed``)."""
-        pc = make_pc(plan, mode, udp_ok, self.config.ice)
+        peer = Peer(plan, mode, udp_ok, self.config.ice)
         session = secrets.token_hex(8)
         try:
-            return await self._handshake(pc, session, mode, on_control)
+            return await self._handshake(peer, session, mode, on_control)
         except BaseException:
-            await self.discard(pc, session)
+            await self.discard(peer, session)
             raise
 
     def on_payload(self, sender: str, payload: bytes) -> None:
@@ -105,17 +103,14 @@ class Dialer:
         with contextlib.suppress(MeshError, asyncio.CancelledError):
             await self.signal.send(self.ticket.node_id, blob)
 
-    async def discard(self, pc: RTCPeerConnection, session: str) -> None:
-        with contextlib.suppress(Exception):
-            await pc.close()
+    async def discard(self, peer: Peer, session: str) -> None:
+        await peer.close()
         await self.bye(session)
 
-    async def _handshake(self, pc: RTCPeerConnection, session: str, mode: str,
+    async def _handshake(self, peer: Peer, session: str, mode: str,
                          on_control: OnControl) -> Link:
         cfg = self.config
-        ctl = pc.createDataChannel("mesh-ctl")
-        await pc.setLocalDescription(await pc.createOffer())
-        offer_sdp = pc.localDescription.sdp
+        offer_sdp = await peer.offer()
         kind, body = await self._offer(session, {
             "sdp": offer_sdp, "name": self.ticket.name, "mode": mode,
             "share": share_tag(self.ticket.name), "lan": cfg.by_name})
@@ -124,11 +119,8 @@ class Dialer:
         answer_sdp = body.get("sdp")
         if not isinstance(answer_sdp, str):
             raise HandshakeError("the sharer's answer carries no SDP")
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
-        except (ValueError, AttributeError) as exc:
-            raise HandshakeError(f"the sharer's answer is unusable: {exc}") from exc
-        await wait_connected(pc, cfg.connect_timeout)
+        await peer.accept(answer_sdp)
+        await peer.connected(cfg.connect_timeout)
         transcript = admission.Transcript(
             sharer=self.ticket.node_id, connector=self.identity.node_id,
             offer_fps=admission.fingerprints(offer_sdp),
@@ -148,13 +140,13 @@ class Dialer:
                                     ConnectError(f"admission failed: {error}"))
 
         pump = ControlPump(machine, on_event)
-        pump.attach(ctl)
+        pump.attach(peer.control)
         try:
             await ready
         except BaseException:
             pump.close()
             raise
-        return Link(pc, pump, path_info(pc), session)
+        return Link(peer, pump, peer.path(), session)
 
     async def _offer(self, session: str, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Send the sealed offer; the sharer's answer (or refusal), within answer_timeout."""

@@ -15,10 +15,9 @@ import asyncio
 import secrets
 from typing import Any
 
-from aiortc.rtcicetransport import parse_stun_turn_uri
-
 from mesh.proto import stun
 from mesh.proto.identity import Identity
+from mesh.transport.ice import ice_plan
 from mesh.transport.stunclient import StunClient
 
 from .events import NetcheckEvent
@@ -101,21 +100,11 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetcheckEvent:
         url = client.url
     finally:
         await client.close()
-    stun_addr: tuple[str, int] | None = None
-    turn: dict[str, tuple[tuple[str, int], str, str]] = {}
-    for entry in servers:
-        raw_urls = entry.get("urls")
-        for u in [raw_urls] if isinstance(raw_urls, str) else raw_urls or []:
-            try:
-                parsed = parse_stun_turn_uri(u)
-            except (ValueError, TypeError):
-                continue
-            addr = (str(parsed["host"]).strip("[]"), int(parsed["port"]))
-            if parsed["scheme"] == "stun" and stun_addr is None:
-                stun_addr = addr
-            elif parsed["scheme"] == "turn":
-                turn[str(parsed["transport"])] = (addr, str(entry.get("username")),
-                                                   str(entry.get("credential")))
+    plan = ice_plan(servers)
+    stun_addr = plan.stun_addr
+    turn = {server.transport: ((server.host, server.port), server.username or "",
+                               server.password or "")
+            for server in (plan.turn_udp, plan.turn_tcp) if server is not None}
     report: dict[str, Any] = {"signal_url": url, "signal_rtt_ms": rtt, "notes": []}
     if stun_addr is None:
         report["notes"].append("the signaling server hands out no STUN server")

@@ -35,7 +35,8 @@ from mesh.proto.advert import open_secret
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket, new_secret, share_tag
-from mesh.transport.peer import ice_plan, make_pc, udp_reachable, wait_connected
+from mesh.transport.ice import ice_plan, udp_reachable
+from mesh.transport.peer import Peer
 from mesh.transport.stream import TcpDuplex
 
 from . import events
@@ -314,17 +315,17 @@ class Share:
             await self._reply(via, node, "reject", session, {"reason": reason})
             return
         plan = ice_plan(via.ice_servers)
-        pc = make_pc(plan, mode, await udp_reachable(plan), self.config.ice)
-        peer = SharePeer(self, node, session, pc,
+        transport = Peer(plan, mode, await udp_reachable(plan), self.config.ice)
+        peer = SharePeer(self, node, session, transport,
                          trusted=node == self.publisher.gateway and self.config.public)
         self.peers[session] = peer
         try:
             answer = await peer.handshake(sdp)
-        except Exception as exc:  # aiortc raises ValueError & co on a bad SDP
+        except MeshError as exc:
             log.info("bad offer from %s: %s", node[:8], exc)
             await peer.close()
             await self._reply(via, node, "reject", session, {"reason": "offer was not usable"})
             return
         await self._reply(via, node, "answer", session, {"sdp": answer})
         with contextlib.suppress(MeshError):
-            await wait_connected(pc, self.config.handshake_timeout)
+            await transport.connected(self.config.handshake_timeout)

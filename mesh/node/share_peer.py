@@ -13,18 +13,14 @@ client end is the stream itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-
 from mesh.http.proxy import HttpProxy
 from mesh.http.roles import ShareRole
 from mesh.proto import admission, control
-from mesh.transport.fastpath import watch_packet_size
-from mesh.transport.peer import PathInfo, path_info
+from mesh.transport.peer import Channel, PathInfo, Peer
 from mesh.transport.pump import ControlPump
 from mesh.transport.stream import Counters, Stream, describe, splice
 
@@ -37,12 +33,12 @@ log = logging.getLogger("mesh.share")
 
 
 class SharePeer:
-    def __init__(self, share: Share, node: str, session: str, pc: RTCPeerConnection,
+    def __init__(self, share: Share, node: str, session: str, peer: Peer,
                  *, trusted: bool = False) -> None:
         self.share = share
         self.node = node
         self.session = session
-        self.pc = pc
+        self.peer = peer
         self.trusted = trusted
         """The peer is the tier's gateway (its X-Forwarded-* describe the caller)."""
         self.started = time.monotonic()
@@ -67,31 +63,28 @@ class SharePeer:
 
     async def handshake(self, offer_sdp: str) -> str:
         """Take the offer, start the control machine's clock; return the answer SDP."""
-        pc = self.pc
-        pc.on("datachannel", self._on_channel)
-        pc.on("connectionstatechange", self._on_state)
-        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
+        self.peer.on_channel(self._on_channel)
+        self.peer.on_state(self._on_state)
+        answer = await self.peer.answer(offer_sdp)
         transcript = admission.Transcript(
             sharer=self.share.identity.node_id, connector=self.node,
             offer_fps=admission.fingerprints(offer_sdp),
-            answer_fps=admission.fingerprints(pc.localDescription.sdp))
+            answer_fps=admission.fingerprints(answer))
         machine = control.Control(
             control.Role.SHARER, admission.SharerAdmission(self.share.secret, transcript),
             asyncio.get_running_loop().time(),
             control.Timings(admit_timeout=self.share.config.handshake_timeout))
         self._pump = ControlPump(machine, self._on_control)
-        return str(pc.localDescription.sdp)
+        return answer
 
     # -- events -----------------------------------------------------------------------
-    def _on_state(self) -> None:
-        if self.pc.connectionState in ("failed", "closed") and not self.closed:
+    def _on_state(self, state: str) -> None:
+        if state in ("failed", "closed") and not self.closed:
             if self.admitted:
-                self.share.emit(events.Disconnected(
-                    self.node, f"peer connection {self.pc.connectionState}"))
+                self.share.emit(events.Disconnected(self.node, f"peer connection {state}"))
             self._spawn(self.close())
 
-    def _on_channel(self, channel: RTCDataChannel) -> None:
+    def _on_channel(self, channel: Channel) -> None:
         pump = self._pump
         log.debug("channel %r from %s (admitted=%s)", channel.label, self.node[:8],
                   self.admitted)
@@ -125,12 +118,12 @@ class SharePeer:
         """Report the admitted peer once: path, candidates, round-trip time."""
         if self.closed:
             return
-        self.info = info = path_info(self.pc)
+        self.info = info = self.peer.path()
         self.share.emit(events.Connected(
             peer=self.node, path=info.path, local_candidate=info.local_type,
             remote_candidate=info.remote_type, remote_addr=info.remote_addr, rtt_ms=rtt_ms,
             connect_ms=round((time.monotonic() - self.started) * 1000, 3)))
-        watch_packet_size(self.pc, lambda size: self.share.emit(events.PathMtu(self.node, size)))
+        self.peer.watch_packet_size(lambda size: self.share.emit(events.PathMtu(self.node, size)))
 
     # -- streams ------------------------------------------------------------------------
     async def _serve(self, stream: Stream) -> None:
@@ -138,7 +131,7 @@ class SharePeer:
         cfg = share.config
         if cfg.http is not None and share.http_policy is not None:
             stream.accept()
-            info = self.info or path_info(self.pc)
+            info = self.info or self.peer.path()
             client = info.remote_addr.rsplit(":", 1)[0].strip("[]") or "unknown"
             role = ShareRole(share.http_policy, share.dial_service, self.node, client,
                              trusted=self.trusted, on_error=share.warn_service)
@@ -180,6 +173,5 @@ class SharePeer:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
-        with contextlib.suppress(Exception):
-            await self.pc.close()
+        await self.peer.close()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from mesh.errors import ConfigError
@@ -162,3 +163,36 @@ def check_basic_auth(value: str, what: str) -> tuple[str, str]:
     if not sep or not user or not password or any(c in value for c in "\r\n"):
         raise ConfigError(f"{what} must be USER:PASS, both non-empty")
     return user, password
+
+
+@dataclass(frozen=True)
+class IceUrl:
+    """A ``stun:`` or ``turn:`` URL (RFC 7064, RFC 7065)."""
+
+    scheme: str
+    """``stun``, ``stuns``, ``turn`` or ``turns``."""
+    host: str
+    port: int
+    transport: str | None
+    """``udp`` or ``tcp`` for TURN; None for STUN."""
+
+
+_ICE_URL = re.compile(r"(stuns?|turns?):(\[[0-9a-fA-F:.]+\]|[^?:\[\]]+)(?::(\d{1,5}))?"
+                      r"(?:\?transport=(udp|tcp))?")
+
+
+def parse_ice_url(url: str) -> IceUrl | None:
+    """The parts of a STUN/TURN URL, or None if it is not one (a server handed it to us:
+    anything odd is skipped, not fatal)."""
+    match = _ICE_URL.fullmatch(url) if isinstance(url, str) else None
+    if match is None:
+        return None
+    scheme, host, port, transport = match.groups()
+    if scheme.startswith("stun") and transport is not None:
+        return None
+    number = int(port) if port else (5349 if scheme.endswith("s") else 3478)
+    if not 0 < number < 65536:
+        return None
+    if scheme.startswith("turn"):
+        transport = transport or ("tcp" if scheme == "turns" else "udp")
+    return IceUrl(scheme, host.strip("[]"), number, transport)

@@ -1,148 +1,36 @@
-"""aiortc glue: build peer connections, wait for them, report the path taken.
+"""A peer connection as the node layer sees it: SDP in and out, data channels, the path.
 
-Owns everything that touches RTCPeerConnection directly so the rest of mesh
-sees mesh types and ``MeshError``s:
+``Peer`` wraps one aiortc peer connection (ICE, DTLS, SCTP) so that nothing
+above the transport touches aiortc: the node layer offers or answers with SDP
+text, waits for ``connected`` with a bound, opens or receives data channels
+(``Channel``), reads which candidate pair carries it (``PathInfo``), and gets
+``MeshError``s, never aiortc's exceptions.
 
-- ``ice_plan``/``make_pc``: a peer connection with exactly the ICE servers
-  the signaling server handed us (never aiortc's default public STUN server),
-  all candidate types or relay only; aiortc uses one STUN and one TURN URL,
-  so we choose: TURN over UDP when the server answers STUN over UDP
-  (``udp_reachable``, a 1 s probe), TURN over TCP when it does not;
-- host candidate addresses: ``IceSettings.host_addresses`` limits the local
-  addresses ICE gathers on, e.g. ``127.0.0.1`` for tests on one machine
-  (aioice leaves loopback out by default);
-- ``wait_connected``: a bounded wait for ICE + DTLS + SCTP;
-- ``path_info``: which candidate pair ICE selected (direct or relay).
+Modes of one attempt: ``direct`` gathers host and server-reflexive candidates
+only (so ICE cannot settle on a relay pair while a direct one is still being
+punched); ``relay`` relay candidates only; ``any`` everything (the sharer's
+answer to a relay attempt, so relay-to-reflexive pairs are possible).
+Without UDP to the server, STUN is pointless and TURN goes over TCP.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCDataChannel, RTCIceServer, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
-from aiortc.rtcicetransport import parse_stun_turn_uri
 
-from mesh.errors import ConnectError
+from mesh.errors import ConnectError, HandshakeError
 
-from .fastpath import TunedPeerConnection
-from .stunclient import answers
+from .fastpath import TunedPeerConnection, watch_packet_size
+from .ice import IcePlan, IceServer, IceSettings, gather_on
 
-
-@dataclass(frozen=True)
-class IceSettings:
-    """What the transport takes from the environment (mesh/node/environ.py)."""
-
-    host_addresses: tuple[str, ...] | None = None
-    """Local addresses to gather host candidates on; None: aioice's choice (all
-    but loopback)."""
-    plpmtud: bool = True
-    """Path MTU discovery (RFC 8899) with peers that announce it."""
-
-
-_stock_get_host_addresses = aioice.ice.get_host_addresses
-_host_addresses_wanted: tuple[str, ...] | None = None
-
-
-def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if _host_addresses_wanted is None:
-        return list(_stock_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
-    return list(_host_addresses_wanted)
-
-
-aioice.ice.get_host_addresses = _host_addresses
-
-
-def gather_on(addresses: tuple[str, ...] | None) -> None:
-    """Host candidates on ``addresses`` only (None: aioice's choice), process-wide:
-    aioice takes no per-connection setting, so ``make_pc`` sets this for its own."""
-    global _host_addresses_wanted
-    _host_addresses_wanted = addresses
-
-
-@dataclass(frozen=True)
-class IcePlan:
-    """The STUN/TURN servers signaling handed us, split by kind."""
-
-    stun: RTCIceServer | None = None
-    stun_addr: tuple[str, int] | None = None
-    turn_udp: RTCIceServer | None = None
-    turn_tcp: RTCIceServer | None = None
-
-    @property
-    def has_relay(self) -> bool:
-        return self.turn_udp is not None or self.turn_tcp is not None
-
-
-def ice_plan(entries: tuple[dict[str, Any], ...]) -> IcePlan:
-    stun = stun_addr = turn_udp = turn_tcp = None
-    for entry in entries:
-        urls = entry.get("urls")
-        if isinstance(urls, str):
-            urls = [urls]
-        if not isinstance(urls, list):
-            continue
-        user, cred = entry.get("username"), entry.get("credential")
-        for url in urls:
-            if not isinstance(url, str):
-                continue
-            try:
-                parsed = parse_stun_turn_uri(url)
-            except ValueError:
-                continue
-            if parsed["scheme"] == "stun" and stun is None:
-                stun = RTCIceServer(urls=url)
-                stun_addr = (str(parsed["host"]).strip("[]"), int(parsed["port"]))
-            elif parsed["scheme"] == "turn" and isinstance(user, str) and isinstance(cred, str):
-                server = RTCIceServer(urls=url, username=user, credential=cred)
-                if parsed["transport"] == "udp" and turn_udp is None:
-                    turn_udp = server
-                elif parsed["transport"] == "tcp" and turn_tcp is None:
-                    turn_tcp = server
-    return IcePlan(stun, stun_addr, turn_udp, turn_tcp)
-
-
-def make_pc(plan: IcePlan, mode: str = "any", udp_ok: bool = True,
-            ice: IceSettings = IceSettings()) -> RTCPeerConnection:
-    """A peer connection for one attempt.
-
-    ``direct``: host and server-reflexive candidates only (so ICE cannot settle
-    on a relay pair while a direct one is still being punched); ``relay``:
-    relay candidates only; ``any``: everything (the sharer's answer to a relay
-    attempt, so relay-to-reflexive pairs are possible). Without UDP to the
-    server, STUN is pointless and TURN goes over TCP.
-    """
-    gather_on(ice.host_addresses)
-    turn = plan.turn_udp if udp_ok and plan.turn_udp else plan.turn_tcp or plan.turn_udp
-    stun = plan.stun if udp_ok else None
-    if mode == "relay":
-        servers = [turn] if turn else []
-        return TunedPeerConnection(configuration=RTCConfiguration(
-            iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY),
-            plpmtud=ice.plpmtud)
-    chosen = (stun,) if mode == "direct" else (stun, turn)
-    return TunedPeerConnection(configuration=RTCConfiguration(
-        iceServers=[x for x in chosen if x is not None]), plpmtud=ice.plpmtud)
-
-
-_probe_cache: dict[tuple[str, int], tuple[float, bool]] = {}
-
-
-async def udp_reachable(plan: IcePlan) -> bool:
-    """Can we reach the STUN server over UDP? Cached for 30 s. True if there is none."""
-    if plan.stun_addr is None:
-        return True
-    now = time.monotonic()
-    cached = _probe_cache.get(plan.stun_addr)
-    if cached and now - cached[0] < 30:
-        return cached[1]
-    ok = await answers(plan.stun_addr)
-    _probe_cache[plan.stun_addr] = (now, ok)
-    return ok
+Channel = RTCDataChannel
+"""A data channel: ``label``, ``readyState``, ``bufferedAmount``, ``send``, ``close``,
+and the events ``open``, ``message``, ``close``, ``bufferedamountlow``."""
 
 
 @dataclass(frozen=True)
@@ -162,38 +50,110 @@ class PathInfo:
                 "remote_addr": self.remote_addr}
 
 
-def path_info(pc: RTCPeerConnection) -> PathInfo:
-    sctp = pc.sctp
-    pair = sctp.transport.transport._connection._nominated.get(1) if sctp else None
-    if pair is None:
-        return PathInfo("unknown", "?", "?", "?", "?")
-    local, remote = pair.local_candidate, pair.remote_candidate
-    relay = "relay" in (local.type, remote.type)
-    return PathInfo("relay" if relay else "direct", local.type, remote.type,
-                    f"{local.host}:{local.port}", f"{remote.host}:{remote.port}")
+UNKNOWN = PathInfo("unknown", "?", "?", "?", "?")
 
 
-async def wait_connected(pc: RTCPeerConnection, timeout: float) -> None:
-    """Wait until ICE and DTLS are up; ConnectError on failure or timeout."""
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+def _server(server: IceServer) -> RTCIceServer:
+    return RTCIceServer(urls=server.url, username=server.username, credential=server.password)
 
-    def check() -> None:
-        state = pc.connectionState
-        if done.done():
-            return
-        if state == "connected":
-            done.set_result(None)
-        elif state in ("failed", "closed"):
-            done.set_exception(ConnectError(
-                "could not establish a peer-to-peer path (ICE/DTLS failed)"))
 
-    pc.on("connectionstatechange", check)
-    check()
-    try:
-        await asyncio.wait_for(done, timeout)
-    except TimeoutError as exc:
-        raise ConnectError(
-            f"no peer-to-peer path within {timeout:g} s (firewall or NAT in the way?)"
-        ) from exc
-    finally:
-        pc.remove_listener("connectionstatechange", check)
+class Peer:
+    """One peer connection for one attempt (see the module docstring for ``mode``)."""
+
+    def __init__(self, plan: IcePlan, mode: str = "any", udp_ok: bool = True,
+                 ice: IceSettings | None = None) -> None:
+        ice = ice or IceSettings()
+        gather_on(ice.host_addresses)
+        turn = plan.turn(udp_ok)
+        stun = plan.stun if udp_ok else None
+        if mode == "relay":
+            config = RTCConfiguration(iceServers=[_server(turn)] if turn else [],
+                                      iceTransportPolicy=RTCIceTransportPolicy.RELAY)
+        else:
+            chosen = (stun,) if mode == "direct" else (stun, turn)
+            config = RTCConfiguration(iceServers=[_server(s) for s in chosen if s is not None])
+        self._pc = TunedPeerConnection(configuration=config, plpmtud=ice.plpmtud)
+
+    # -- SDP ------------------------------------------------------------------------------
+    async def offer(self) -> str:
+        """The offer (the offerer opens ``mesh-ctl`` first: see ``control``)."""
+        self.control = self._pc.createDataChannel("mesh-ctl")
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        return str(self._pc.localDescription.sdp)
+
+    async def answer(self, offer_sdp: str) -> str:
+        """Take an offer; return the answer. ``HandshakeError`` if the offer is unusable."""
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except Exception as exc:  # aiortc raises ValueError & co on a bad SDP
+            raise HandshakeError(f"the offer is unusable: {exc}") from exc
+        return str(self._pc.localDescription.sdp)
+
+    async def accept(self, answer_sdp: str) -> None:
+        """Take the answer to our offer; ``HandshakeError`` if it is unusable."""
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+        except Exception as exc:
+            raise HandshakeError(f"the sharer's answer is unusable: {exc}") from exc
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """``new``, ``connecting``, ``connected``, ``failed`` or ``closed``."""
+        return str(self._pc.connectionState)
+
+    def on_state(self, callback: Callable[[str], None]) -> None:
+        self._pc.on("connectionstatechange", lambda: callback(self.state))
+
+    async def connected(self, timeout: float) -> None:
+        """Wait until ICE and DTLS are up; ``ConnectError`` on failure or timeout."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def check() -> None:
+            state = self.state
+            if done.done():
+                return
+            if state == "connected":
+                done.set_result(None)
+            elif state in ("failed", "closed"):
+                done.set_exception(ConnectError(
+                    "could not establish a peer-to-peer path (ICE/DTLS failed)"))
+
+        self._pc.on("connectionstatechange", check)
+        check()
+        try:
+            await asyncio.wait_for(done, timeout)
+        except TimeoutError as exc:
+            raise ConnectError(
+                f"no peer-to-peer path within {timeout:g} s (firewall or NAT in the way?)"
+            ) from exc
+        finally:
+            self._pc.remove_listener("connectionstatechange", check)
+
+    def path(self) -> PathInfo:
+        """The candidate pair that carries the connection."""
+        sctp = self._pc.sctp
+        pair = sctp.transport.transport._connection._nominated.get(1) if sctp else None
+        if pair is None:
+            return UNKNOWN
+        local, remote = pair.local_candidate, pair.remote_candidate
+        relay = "relay" in (local.type, remote.type)
+        return PathInfo("relay" if relay else "direct", local.type, remote.type,
+                        f"{local.host}:{local.port}", f"{remote.host}:{remote.port}")
+
+    def watch_packet_size(self, report: Callable[[int], None]) -> None:
+        """``report(size)`` now if path MTU discovery grew the packets, and on each change."""
+        watch_packet_size(self._pc, report)
+
+    # -- channels -------------------------------------------------------------------------
+    def open_channel(self, label: str) -> Channel:
+        return self._pc.createDataChannel(label)
+
+    def on_channel(self, callback: Callable[[Channel], None]) -> None:
+        """``callback(channel)`` for each channel the other side opens."""
+        self._pc.on("datachannel", callback)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._pc.close()

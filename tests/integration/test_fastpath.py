@@ -18,8 +18,8 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from mesh.proto import plpmtud
-from mesh.transport.fastpath import TunedSctpTransport
-from mesh.transport.peer import IcePlan, IceSettings, make_pc
+from mesh.transport.fastpath import TunedPeerConnection, TunedSctpTransport
+from mesh.transport.ice import gather_on
 
 TOTAL = 3 * 1024 * 1024
 
@@ -46,7 +46,8 @@ async def pump(channel: Any, msgs: list[bytes]) -> None:
 
 
 def tuned(discover: bool) -> RTCPeerConnection:
-    return make_pc(IcePlan(), "any", True, IceSettings(("127.0.0.1",), discover))
+    gather_on(("127.0.0.1",))  # both ends, stock or tuned, gather on loopback only
+    return TunedPeerConnection(plpmtud=discover)
 
 
 async def exchange(tuned_a: bool, tuned_b: bool,

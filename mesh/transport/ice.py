@@ -1,0 +1,127 @@
+"""Which ICE servers a peer connection uses, and on which local addresses it gathers.
+
+- ``ice_plan``: the STUN/TURN servers the signaling server handed us, split by
+  kind (mesh's own types; the URLs are parsed by mesh/proto/names.py). A peer
+  connection uses one STUN and one TURN server: TURN over UDP when the server
+  answers STUN over UDP (``udp_reachable``, a 1 s probe, cached 30 s), TURN
+  over TCP when it does not. Never aiortc's default public STUN server.
+- ``gather_on``: host candidates only on the given addresses (for tests on one
+  machine, ``127.0.0.1``; aioice leaves loopback out by default).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aioice.ice
+
+from mesh.proto.names import parse_ice_url
+
+from .stunclient import answers
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """What the transport takes from the environment (mesh/node/environ.py)."""
+
+    host_addresses: tuple[str, ...] | None = None
+    """Local addresses to gather host candidates on; None: aioice's choice (all
+    but loopback)."""
+    plpmtud: bool = True
+    """Path MTU discovery (RFC 8899) with peers that announce it."""
+
+
+@dataclass(frozen=True)
+class IceServer:
+    url: str
+    host: str
+    port: int
+    transport: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class IcePlan:
+    """The STUN/TURN servers signaling handed us, split by kind."""
+
+    stun: IceServer | None = None
+    turn_udp: IceServer | None = None
+    turn_tcp: IceServer | None = None
+
+    @property
+    def stun_addr(self) -> tuple[str, int] | None:
+        return (self.stun.host, self.stun.port) if self.stun else None
+
+    @property
+    def has_relay(self) -> bool:
+        return self.turn_udp is not None or self.turn_tcp is not None
+
+    def turn(self, udp_ok: bool) -> IceServer | None:
+        """The relay for this network: over UDP if UDP reaches the server, else TCP."""
+        if udp_ok and self.turn_udp is not None:
+            return self.turn_udp
+        return self.turn_tcp or self.turn_udp
+
+
+def ice_plan(entries: tuple[dict[str, Any], ...]) -> IcePlan:
+    stun = turn_udp = turn_tcp = None
+    for entry in entries:
+        urls = entry.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list):
+            continue
+        user, cred = entry.get("username"), entry.get("credential")
+        for url in urls:
+            parsed = parse_ice_url(url) if isinstance(url, str) else None
+            if parsed is None:
+                continue
+            if parsed.scheme == "stun" and stun is None:
+                stun = IceServer(url, parsed.host, parsed.port)
+            elif parsed.scheme == "turn" and isinstance(user, str) and isinstance(cred, str):
+                server = IceServer(url, parsed.host, parsed.port, parsed.transport, user, cred)
+                if parsed.transport == "udp" and turn_udp is None:
+                    turn_udp = server
+                elif parsed.transport == "tcp" and turn_tcp is None:
+                    turn_tcp = server
+    return IcePlan(stun, turn_udp, turn_tcp)
+
+
+_probe_cache: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
+async def udp_reachable(plan: IcePlan) -> bool:
+    """Can we reach the STUN server over UDP? Cached for 30 s. True if there is none."""
+    addr = plan.stun_addr
+    if addr is None:
+        return True
+    now = time.monotonic()
+    cached = _probe_cache.get(addr)
+    if cached and now - cached[0] < 30:
+        return cached[1]
+    ok = await answers(addr)
+    _probe_cache[addr] = (now, ok)
+    return ok
+
+
+_stock_get_host_addresses = aioice.ice.get_host_addresses
+_host_addresses_wanted: tuple[str, ...] | None = None
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if _host_addresses_wanted is None:
+        return list(_stock_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
+    return list(_host_addresses_wanted)
+
+
+aioice.ice.get_host_addresses = _host_addresses
+
+
+def gather_on(addresses: tuple[str, ...] | None) -> None:
+    """Host candidates on ``addresses`` only (None: aioice's choice), process-wide:
+    aioice takes no per-connection setting, so every ``Peer`` sets this for its own."""
+    global _host_addresses_wanted
+    _host_addresses_wanted = addresses
