@@ -29,8 +29,10 @@ T = TypeVar("T", Share, Tunnel)
 class Running(Generic[T]):
     """An async context manager around a running ``Share`` or ``Tunnel``."""
 
-    def __init__(self, make: Any) -> None:
+    def __init__(self, make: Any, config: ShareConfig | ConnectConfig | None = None) -> None:
         self._make = make
+        self.config = config
+        """The configuration, when it is known before connecting (not for a LAN name)."""
         self._running: T | None = None
 
     async def __aenter__(self) -> T:
@@ -65,7 +67,7 @@ def share(port: int, *, host: str = "127.0.0.1", name: str | None = None,
     async def make() -> Share:
         return Share(config, identity=identity, on_event=on_event)
 
-    return Running(make)
+    return Running(make, config)
 
 
 def connect(ticket_or_name: str, *, port: int = 0, signal: str | Sequence[str] | None = None,
@@ -79,10 +81,11 @@ def connect(ticket_or_name: str, *, port: int = 0, signal: str | Sequence[str] |
     """
     urls = environ.signal_urls(signal) if signal else ()
     control_socket = options.pop("control_socket", False)
-    given = None
+    given = checked = None
     if ticket_mod.looks_like_ticket(ticket_or_name):
         given = ticket_mod.decode(ticket_or_name, now=time.time())
-        ConnectConfig(ticket=given, port=port, signal_urls=urls, **options)  # check now
+        checked = ConnectConfig(ticket=given, port=port, signal_urls=urls,
+                                control_socket=control_socket, **options)
 
     async def make() -> Tunnel:
         ticket, by_name = ((given, False) if given is not None
@@ -91,4 +94,4 @@ def connect(ticket_or_name: str, *, port: int = 0, signal: str | Sequence[str] |
                                control_socket=control_socket, **options)
         return Tunnel(config, identity=identity, on_event=on_event)
 
-    return Running(make)
+    return Running(make, checked)

@@ -144,7 +144,7 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
 # -- mesh connect -----------------------------------------------------------------------------
 @click.command("connect")
 @click.argument("ticket")
-@click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=0, show_default=True, type=int,
               help="Local port to listen on (0 picks a free one).")
 @click.option("--bind", "bind_host", default="127.0.0.1", show_default=True,
               help="Local address to listen on.")

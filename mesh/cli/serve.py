@@ -21,9 +21,9 @@ from .common import (
 # -- mesh signal ---------------------------------------------------------------------------
 @click.command("signal")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--port", default=8765, show_default=True, type=int,
               help="Signaling (WebSocket) port; 0 picks a free one.")
-@click.option("--stun-port", default=3478, show_default=True, type=click.IntRange(0, 65535),
+@click.option("--stun-port", default=3478, show_default=True, type=int,
               help="UDP/TCP port of the embedded STUN/TURN server (UDP port+1 answers STUN "
                    "too, for NAT type tests); 0 picks a free one.")
 @click.option("--no-turn", is_flag=True, help="Do not run the embedded STUN/TURN server.")
@@ -123,7 +123,7 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
     from mesh.proto.names import parse_hostport
 
     def build() -> GatewayConfig:
-        host, port = parse_hostport(listen, "--listen", default_host="0.0.0.0", zero_ok=True)
+        host, port = parse_hostport(listen, "--listen", default_host="0.0.0.0")
         return GatewayConfig(
             domain=domain, signal_urls=environ.signal_urls(signal_urls), host=host, port=port,
             tls_cert=tls_cert, tls_key=tls_key, public_url=public_url, max_body=max_body,

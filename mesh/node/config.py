@@ -79,7 +79,9 @@ class ShareConfig:
     """Which local addresses ICE uses, and path MTU discovery."""
 
     def __post_init__(self) -> None:
-        names.check_port(self.port, "port")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
+                1 <= self.port <= 65535):
+            raise ConfigError(f"cannot share port {self.port!r}: ports are 1-65535")
         names.check_host(self.host, "host")
         if self.name:
             names.check_name(self.name)

@@ -72,21 +72,22 @@ def check_port(port: object, what: str, *, zero_ok: bool = False) -> int:
     return port
 
 
-def parse_hostport(text: str, what: str, *, default_host: str,
-                   zero_ok: bool = False) -> tuple[str, int]:
-    """``PORT``, ``HOST:PORT`` or ``[V6]:PORT``."""
+def parse_hostport(text: str, what: str, *, default_host: str) -> tuple[str, int]:
+    """``PORT``, ``HOST:PORT`` or ``[V6]:PORT``, checked for form; the port's range is
+    the configuration's to check (so the CLI and the API say the same)."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
         host, port_text = default_host, text
     if host.startswith("[") != host.endswith("]") or not port_text.isdigit():
         raise ConfigError(f"{what} {text!r}: give PORT or HOST:PORT")
     host = host.strip("[]") or default_host
-    return check_host(host, what), check_port(int(port_text), what, zero_ok=zero_ok)
+    return check_host(host, what), int(port_text[:6])
 
 
 def parse_loopback(text: str, what: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``PORT`` on loopback only (127.0.0.0/8, ::1 or localhost)."""
-    host, port = parse_hostport(text, what, default_host="127.0.0.1", zero_ok=True)
+    host, port = parse_hostport(text, what, default_host="127.0.0.1")
+    check_port(port, what, zero_ok=True)
     if host != "localhost":
         try:
             loopback = ipaddress.ip_address(host).is_loopback

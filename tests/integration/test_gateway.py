@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import MESH, Mesh, Proc
+from tests.conftest import MESH, Mesh, Proc, listening_tcp_ports
 from tests.integration.test_http import Service, request_event, service  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +72,16 @@ def start_env(mesh: Mesh, *gateway_flags: str) -> Env:
 @pytest.fixture
 def env(mesh: Mesh) -> Env:
     return start_env(mesh)
+
+
+def test_the_gateway_opens_no_listener_per_share(env: Env, service: Service) -> None:  # noqa: F811
+    """Requests reach shares through the tunnel's streams directly: a local port per
+    share would let any process on the gateway host skip the gateway's checks."""
+    assert listening_tcp_ports(env.gateway.p.pid) == {env.port}
+    for name in ("one", "two", "three"):
+        env.share(service.port, name, home=name)
+        assert env.call(name, "GET", "/hello")[0] == 200
+    assert listening_tcp_ports(env.gateway.p.pid) == {env.port}
 
 
 def test_public_share_over_plain_http(env: Env, service: Service) -> None:  # noqa: F811
