@@ -94,7 +94,7 @@ async def one_case(data: bytes) -> tuple[bytes, int, bool]:
     return answer, len(opened), bool(served["clean"])
 
 
-@settings(max_examples=scaled(1500), deadline=None, database=None,
+@settings(max_examples=scaled(400), deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(heads | st.binary(max_size=200))
 def test_http_session(data: bytes) -> None:
@@ -106,7 +106,7 @@ def test_http_session(data: bytes) -> None:
         assert opened == 0, "a refused head reached the service"
 
 
-@settings(max_examples=scaled(4000), deadline=None, database=None)
+@settings(max_examples=scaled(1000), deadline=None, database=None)
 @given(heads | st.binary(max_size=1200))
 def test_head_problem(data: bytes) -> None:
     CASES["n"] += 1
