@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from mesh.errors import AddressInUse, ConfigError
 from mesh.proto import frames as p
@@ -37,6 +37,8 @@ from .turn import rest_credentials
 log = logging.getLogger("mesh.signal")
 
 Rewrite = Callable[[str, str, bytes], bytes]
+STOP_TIMEOUT = 2.0
+"""Seconds sessions get to close when the server stops."""
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,20 @@ class _Session:
         self.node: str | None = None
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=outbox)
         self.closing = False
+        self.close_code = WSCloseCode.OK
 
     def deliver(self, sender: str, payload: bytes) -> bool:
         return self.push(p.encode(p.Deliver(sender, payload)))
 
     def replaced(self) -> None:
         self.push(p.encode(p.Error("replaced", "this node registered from elsewhere", None)))
+        self.close_soon()
+
+    def going_away(self) -> None:
+        """The server is stopping: say so, then close with 1001 (Going Away)."""
+        self.push(p.encode(p.Error("shutting-down", "the signaling server is shutting down; "
+                                   "reconnect (to another instance if you know one)", None)))
+        self.close_code = WSCloseCode.GOING_AWAY
         self.close_soon()
 
     def push(self, text: str) -> bool:
@@ -131,7 +141,7 @@ class _Session:
             pass
         finally:
             self.closing = True
-            await self.ws.close()
+            await self.ws.close(code=self.close_code)
 
 
 class SignalServer:
@@ -156,6 +166,8 @@ class SignalServer:
         self.rejections: dict[str, int] = {}
         self.extra_metrics: Callable[[], dict[str, float]] | None = None
         self.port = config.port
+        self._sessions: set[_Session] = set()
+        self._stopping = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -166,7 +178,8 @@ class SignalServer:
 
     async def start(self) -> str:
         await self.broker.start()
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                                     shutdown_timeout=STOP_TIMEOUT)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
         try:
@@ -193,6 +206,12 @@ class SignalServer:
         return f"ws://{host}:{self.port}/"
 
     async def stop(self) -> None:
+        """Stop listening, tell every session the server is going away, and give them
+        ``STOP_TIMEOUT`` seconds to close: clients reconnect at once, to another
+        instance when they know one, and this instance's presence is gone with them."""
+        self._stopping = True
+        for session in list(self._sessions):
+            session.going_away()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.broker.close()
@@ -242,12 +261,16 @@ class SignalServer:
             await ws.close()
             return ws
         session = _Session(ws, self.config.outbox)
+        self._sessions.add(session)
+        if self._stopping:
+            session.going_away()
         writer = asyncio.create_task(session.writer())
         try:
             await self._serve(session)
         except Exception:  # a bug must cost one session, never the server
             log.exception("signaling session failed")
         finally:
+            self._sessions.discard(session)
             self._conns.release(addr)
             if session.node is not None:
                 await self.broker.detach(session.node, session)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,8 @@ from mesh.errors import INTERNAL, INTERRUPTED, MeshError
 from mesh.node import events
 
 F = TypeVar("F", bound=Callable[..., Any])
+FORCE_AFTER = 10.0
+"""Seconds a stopping command gets to clean up before it is ended."""
 
 
 class Output:
@@ -53,7 +56,10 @@ def setup_logging(verbose: int) -> None:
 
 
 def run_until_stopped(out: Output, main: Callable[[], Awaitable[None]]) -> None:
-    """Run ``main`` until it returns, SIGTERM (exit 0) or SIGINT (exit 130)."""
+    """Run ``main`` until it returns, SIGTERM (exit 0) or SIGINT (exit 130).
+
+    A signal lets ``main`` clean up (close peers, tell sessions the server is going
+    away); a second signal, or ``FORCE_AFTER`` seconds, ends the process at once."""
     stopped_by: list[int] = []
 
     async def runner() -> None:
@@ -61,8 +67,15 @@ def run_until_stopped(out: Output, main: Callable[[], Awaitable[None]]) -> None:
         task = asyncio.current_task()
         assert task is not None
 
+        def force() -> None:
+            sys.stdout.flush()
+            os._exit(INTERRUPTED if stopped_by[0] == signal.SIGINT else 0)
+
         def stop(signum: int) -> None:
             stopped_by.append(signum)
+            if len(stopped_by) > 1:
+                force()
+            loop.call_later(FORCE_AFTER, force)
             task.cancel()
 
         for signum in (signal.SIGINT, signal.SIGTERM):

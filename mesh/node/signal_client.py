@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from aiohttp import WSCloseCode
 
 from mesh.errors import MeshError, NameTaken, NotOwner, PeerUnreachable, SignalingError
 from mesh.proto import frames as p
@@ -67,6 +68,7 @@ class SignalClient:
         self._fast = fast_urls
         self._on_registered = on_registered
         self._names: dict[int, asyncio.Future[p.NameResult]] = {}
+        self._going_away = False
         """URLs (LAN hints) given up on after FAST_TIMEOUT rather than CONNECT_TIMEOUT."""
 
     async def start(self) -> None:
@@ -205,21 +207,29 @@ class SignalClient:
             raise SignalingError(f"signaling server sent a bad frame: {exc.message}") from exc
 
     async def _run(self) -> None:
-        """Pump frames; reconnect whenever the session drops."""
+        """Pump frames; reconnect whenever the session drops (at once, and to another URL
+        first, when the server said it is going away)."""
         backoff = BACKOFF_MIN
         while not self._closed:
             ws = self._ws
+            going_away = False
             if ws is not None:
+                self._going_away = False
                 await self._pump(ws)
+                going_away = self._going_away or ws.close_code == WSCloseCode.GOING_AWAY
                 self.registered.clear()
                 self._ws = None
                 if self._closed:
                     return
                 self._on_state("disconnected", self.url)
-            delay = backoff * random.uniform(0.5, 1.5)
-            await asyncio.sleep(delay)
-            backoff = min(BACKOFF_MAX, backoff * 2)
-            for url in [self.url] + [u for u in self.urls if u != self.url]:
+            others = [u for u in self.urls if u != self.url]
+            order = others + [self.url] if going_away else [self.url] + others
+            if not going_away:
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(BACKOFF_MAX, backoff * 2)
+            elif not others:  # the same server restarting: give it a moment
+                await asyncio.sleep(BACKOFF_MIN * random.uniform(0.5, 1.5))
+            for url in order:
                 try:
                     await self._connect(url)
                     backoff = BACKOFF_MIN
@@ -258,6 +268,8 @@ class SignalClient:
                     named.set_exception(NameTaken(message) if code == "name-taken"
                                         else NotOwner(message) if code == "not-owner"
                                         else SignalingError(f"signaling: {message}"))
+            case p.Error("shutting-down", _, _):
+                self._going_away = True
             case p.Error(code, message, ref):
                 fut = self._pending.pop(ref, None) if ref is not None else None
                 if fut is not None and not fut.done():

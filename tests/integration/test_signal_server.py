@@ -197,3 +197,37 @@ async def test_one_node_several_sessions_and_the_oldest_replaced(
         assert (await recv(first))["code"] == "replaced"
         await b.send_str(p.encode(p.Send(ident.node_id, b"again", 2)))
         assert base64.b64decode((await recv(ninth))["payload"]) == b"again"
+
+
+async def test_sigterm_with_20_peers_exits_within_2_s_and_the_ports_are_free_at_once(
+        mesh: Mesh) -> None:
+    from mesh.node.signal_client import SignalClient
+    from tests.conftest import free_port
+
+    port, stun_port = free_port(), free_port()
+    args = ("signal", "--port", str(port), "--stun-port", str(stun_port), "--json")
+    proc = mesh.start(*args)
+    url = str(proc.event("ready")["url"])
+    states: list[tuple[str, str]] = []
+    clients = [SignalClient(Identity.generate(), [url], lambda s, b: None,
+                            lambda state, u: states.append((state, u))) for _ in range(20)]
+    for client in clients:
+        await client.start()
+    try:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        proc.p.terminate()
+        code = await asyncio.to_thread(proc.p.wait, 10)
+        took = loop.time() - t0
+        print(f"mesh signal with 20 sessions: exit {code} after {took:.2f} s")
+        assert code == 0 and took < 2.0, took
+        again = mesh.start(*args)
+        assert again.event("ready", timeout=10)["url"] == url  # the same ports, at once
+        # every client was told it was going away and is back without a backoff round
+        async with asyncio.timeout(5):
+            while not all(c.registered.is_set() for c in clients):
+                await asyncio.sleep(0.05)
+        assert states.count(("disconnected", url)) == 20
+    finally:
+        for client in clients:
+            await client.close()

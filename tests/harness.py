@@ -1,0 +1,133 @@
+"""The in-process harness: a rendezvous, shares, connects and gateways in one event loop.
+
+Everything real but the process boundary: the signaling server (in-memory
+broker) and its embedded STUN/TURN on free loopback ports, real aiortc peer
+connections over 127.0.0.1, real sockets to the services. Identities are made
+in memory and nothing is written under the user's home, so a test needs no
+subprocess and starts in milliseconds; the real-CLI tests keep what only the
+CLI shows (exit codes, output lines, signals, a process's memory).
+
+    async with Harness() as h:
+        share = await h.share(port)               # a Share, events in h.events[share]
+        tunnel = await h.connect(share.ticket)    # a Tunnel: tunnel.port, tunnel.path
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from mesh.node import events
+from mesh.node.config import ConnectConfig, GatewayConfig, ShareConfig
+from mesh.node.connect import Tunnel
+from mesh.node.gateway import Gateway
+from mesh.node.share import Share
+from mesh.proto import ticket as ticket_mod
+from mesh.proto.identity import Identity
+from mesh.transport.ice import IceSettings
+from signaling.rendezvous import Rendezvous, RendezvousConfig
+from signaling.server import ServerConfig
+
+LOOPBACK = IceSettings(host_addresses=("127.0.0.1",))
+
+
+class Recorder:
+    """The events one object emitted, and a way to wait for the next of a kind."""
+
+    def __init__(self) -> None:
+        self.events: list[events.Event] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: events.Event) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def of(self, kind: type[events.Event]) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+    async def wait(self, kind: type[events.Event], timeout: float = 30.0,
+                   where: Callable[[Any], bool] = lambda e: True, count: int = 1) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [e for e in self.of(kind) if where(e)]
+                if len(found) >= count:
+                    return found[count - 1]
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class Harness:
+    def __init__(self, *, turn: bool = True, relay_allow: tuple[str, ...] = ("127.0.0.0/8",),
+                 gateways: frozenset[str] = frozenset(), **rendezvous: Any) -> None:
+        self.config = RendezvousConfig(
+            signal=ServerConfig(port=0, gateways=gateways),
+            stun_port=0 if turn else None, relay_allow=relay_allow, **rendezvous)
+        self.server: Rendezvous | None = None
+        self.url = ""
+        self.recorders: dict[int, Recorder] = {}
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Harness:
+        await self.start_server()
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start_server(self) -> str:
+        self.server = Rendezvous(self.config)
+        self.url = await self.server.start()
+        return self.url
+
+    async def stop_server(self) -> None:
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    def recorder(self, running: object) -> Recorder:
+        return self.recorders[id(running)]
+
+    async def _start(self, running: Any, recorder: Recorder) -> Any:
+        self.recorders[id(running)] = recorder
+        await running.start()
+        self._stack.push_async_callback(running.close)
+        return running
+
+    async def share(self, port: int, *, identity: Identity | None = None,
+                    **options: Any) -> Share:
+        recorder = Recorder()
+        options.setdefault("signal_urls", (self.url,))
+        options.setdefault("name", "svc")
+        config = ShareConfig(port=port, lan=False, control_socket=False,
+                             persist_secret=False, ice=LOOPBACK, **options)
+        share: Share = await self._start(Share(config, identity=identity or Identity.generate(),
+                                               on_event=recorder), recorder)
+        return share
+
+    async def connect(self, ticket: str, *, identity: Identity | None = None,
+                      **options: Any) -> Tunnel:
+        recorder = Recorder()
+        parsed = ticket_mod.decode(ticket)
+        options.setdefault("use_lan_hints", False)
+        config = ConnectConfig(ticket=parsed, control_socket=False, ice=LOOPBACK, **options)
+        tunnel: Tunnel = await self._start(
+            Tunnel(config, identity=identity or Identity.generate(), on_event=recorder),
+            recorder)
+        return tunnel
+
+    async def gateway(self, identity: Identity, **options: Any) -> Gateway:
+        recorder = Recorder()
+        config = GatewayConfig(domain=options.pop("domain", "mesh.test"),
+                               signal_urls=(self.url,), host="127.0.0.1", port=0, ice=LOOPBACK,
+                               **options)
+        gateway: Gateway = await self._start(Gateway(config, identity=identity,
+                                                     on_event=recorder), recorder)
+        return gateway
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        await self.stop_server()
