@@ -173,6 +173,17 @@ class Mesh:
 
 
 @pytest.fixture
+def inproc() -> Iterator[Any]:
+    """Shares, connects and gateways in this process (tests/harness.py), with a rendezvous
+    of their own; for tests where the command line is not the point."""
+    from tests.harness import InProc
+
+    lab = InProc()
+    yield lab
+    lab.close()
+
+
+@pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
     m = Mesh(tmp_path)
     yield m

@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import queue
+import sys
+import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -37,13 +42,16 @@ LOOPBACK = IceSettings(host_addresses=("127.0.0.1",))
 class Recorder:
     """The events one object emitted, and a way to wait for the next of a kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, also: Callable[[events.Event], None] | None = None) -> None:
         self.events: list[events.Event] = []
         self._changed = asyncio.Event()
+        self._also = also
 
     def __call__(self, event: events.Event) -> None:
         self.events.append(event)
         self._changed.set()
+        if self._also is not None:
+            self._also(event)
 
     def of(self, kind: type[events.Event]) -> list[Any]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -98,8 +106,9 @@ class Harness:
         return running
 
     async def share(self, port: int, *, identity: Identity | None = None,
+                    on_event: Callable[[events.Event], None] | None = None,
                     **options: Any) -> Share:
-        recorder = Recorder()
+        recorder = Recorder(on_event)
         options.setdefault("signal_urls", (self.url,))
         options.setdefault("name", "svc")
         config = ShareConfig(port=port, lan=False, control_socket=False,
@@ -109,8 +118,9 @@ class Harness:
         return share
 
     async def connect(self, ticket: str, *, identity: Identity | None = None,
+                      on_event: Callable[[events.Event], None] | None = None,
                       **options: Any) -> Tunnel:
-        recorder = Recorder()
+        recorder = Recorder(on_event)
         parsed = ticket_mod.decode(ticket)
         options.setdefault("use_lan_hints", False)
         config = ConnectConfig(ticket=parsed, control_socket=False, ice=LOOPBACK, **options)
@@ -119,8 +129,10 @@ class Harness:
             recorder)
         return tunnel
 
-    async def gateway(self, identity: Identity, **options: Any) -> Gateway:
-        recorder = Recorder()
+    async def gateway(self, identity: Identity,
+                      on_event: Callable[[events.Event], None] | None = None,
+                      **options: Any) -> Gateway:
+        recorder = Recorder(on_event)
         config = GatewayConfig(domain=options.pop("domain", "mesh.test"),
                                signal_urls=(self.url,), host="127.0.0.1", port=0, ice=LOOPBACK,
                                **options)
@@ -131,3 +143,89 @@ class Harness:
     async def close(self) -> None:
         await self._stack.aclose()
         await self.stop_server()
+
+
+class Node:
+    """A running share, connect or gateway, seen from a test's thread: ``event(name)``
+    waits for the next event of that name (as ``--json`` prints it), like ``Proc.event``."""
+
+    def __init__(self, obj: Any, inproc: InProc) -> None:
+        self.obj = obj
+        self.inproc = inproc
+        self.events: list[dict[str, Any]] = []
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def record(self, event: events.Event) -> None:  # on the loop's thread
+        self._queue.put(json.loads(json.dumps(event.to_json(), default=str)))
+
+    def event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        for ev in self.events:
+            if ev.get("event") == name and not ev.get("_taken"):
+                ev["_taken"] = True
+                return ev
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {name!r} event in {timeout} s; events={self.events}")
+            try:
+                ev = self._queue.get(timeout=left)
+            except queue.Empty:
+                continue
+            self.events.append(ev)
+            if ev.get("event") == name:
+                ev["_taken"] = True
+                return ev
+
+    def stop(self) -> None:
+        self.inproc.run(self.obj.close())
+
+
+class InProc:
+    """The harness on an event loop in a background thread, for tests that use blocking
+    clients (urllib, http.client, sockets) against in-process shares and connects."""
+
+    def __init__(self, **harness: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_exception_handler(self._unhandled)
+        self.unhandled: list[str] = []
+        """Exceptions nobody retrieved on the loop (kept as text, not logged: formatting a
+        traceback calls ast.parse, which on Python 3.11 must not run in two threads)."""
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.harness = Harness(**harness)
+        self.url = self.run(self.harness.start_server())
+
+    def _unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.unhandled.append(f"{context.get('message')}: {context.get('exception')!r}")
+
+    def run(self, coro: Any, timeout: float = 60.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _node(self, start: Callable[[Callable[[events.Event], None]], Any]) -> Node:
+        node = Node(None, self)
+
+        async def go() -> Any:
+            return await start(node.record)
+
+        node.obj = self.run(go())
+        return node
+
+    def share(self, port: int, **options: Any) -> Node:
+        return self._node(lambda record: self.harness.share(port, on_event=record, **options))
+
+    def connect(self, ticket: str, **options: Any) -> Node:
+        return self._node(lambda record: self.harness.connect(ticket, on_event=record,
+                                                              **options))
+
+    def gateway(self, identity: Identity, **options: Any) -> Node:
+        return self._node(lambda record: self.harness.gateway(identity, on_event=record,
+                                                              **options))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.run(self.harness.close(), timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        for text in self.unhandled:
+            print(f"unretrieved on the harness loop: {text}", file=sys.stderr)

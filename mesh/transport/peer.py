@@ -155,5 +155,7 @@ class Peer:
         self._pc.on("datachannel", callback)
 
     async def close(self) -> None:
+        # shielded: aiortc closes itself when DTLS ends, and its close task awaits the
+        # same future ours does; a cancelled close of ours must not cancel that future
         with contextlib.suppress(Exception):
-            await self._pc.close()
+            await asyncio.shield(self._pc.close())

@@ -1,13 +1,18 @@
-"""`mesh gateway` through the real CLI: plain HTTP clients reach `--public` shares.
+"""`mesh gateway`: plain HTTP clients reach `--public` shares.
 
-Clients send an explicit Host (NAME.mesh.test) to the gateway on 127.0.0.1, or
-use the /s/NAME/ form; nothing resolves names through DNS.
+The rendezvous, the gateway and the shares run in this process
+(tests/harness.py); what only the command line shows (exit codes of a taken
+name, flag errors, a certificate that does not load) runs through the real
+CLI against the same rendezvous, with the same node keys on disk. Clients send
+an explicit Host (NAME.mesh.test) to the gateway on 127.0.0.1, or use the
+/s/NAME/ form; nothing resolves names through DNS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import http.client
 import json
@@ -16,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import MESH, Mesh, Proc, listening_tcp_ports
+from mesh.http.config import HttpConfig
+from mesh.node.home import load_or_create
+from mesh.proto.identity import Identity
+from tests.conftest import MESH, Mesh, listening_tcp_ports
+from tests.harness import InProc, Node
 from tests.integration.test_http import Service, request_event, service  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,17 +42,25 @@ DOMAIN = "mesh.test"
 
 @dataclass
 class Env:
+    lab: InProc
     mesh: Mesh
-    signal_url: str
-    gateway: Proc
+    gateway: Node
     host: str
     port: int
 
-    def share(self, port: int, name: str, *extra: str, home: str = "sharer") -> Proc:
-        proc = self.mesh.start("share", str(port), "--signal", self.signal_url, "--name", name,
-                               "--public", "--no-inspect", "--json", *extra, home=home)
-        proc.event("public")
-        return proc
+    @property
+    def signal_url(self) -> str:
+        return self.lab.url
+
+    def key(self, home: str) -> Identity:
+        """The node key kept in MESH_HOME=<tmp>/<home>: the CLI's, when it runs there."""
+        return load_or_create(self.mesh.tmp / home)
+
+    def share(self, port: int, name: str, *, home: str = "sharer", **options: Any) -> Node:
+        node = self.lab.share(port, name=name, public=True, http=HttpConfig(inspect=None),
+                              identity=self.key(home), **options)
+        node.event("public")
+        return node
 
     def call(self, name: str, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None,
@@ -57,31 +75,35 @@ class Env:
             conn.close()
 
 
-def start_env(mesh: Mesh, *gateway_flags: str) -> Env:
-    res = mesh.run("id", "--json", home="gw")
-    gw_id = json.loads(res.stdout)["node_id"]
-    _, url = mesh.signal("--gateway", gw_id)
-    gateway = mesh.start("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0",
-                         "--signal", url, "--json", *gateway_flags, home="gw")
-    ready = gateway.event("ready")
-    assert ready["node_id"] == gw_id
-    host, port = ready["url"].removeprefix("http://").rsplit(":", 1)
-    return Env(mesh, url, gateway, host, int(port))
+@contextlib.contextmanager
+def start_env(mesh: Mesh, **gateway: Any) -> Iterator[Env]:
+    key = load_or_create(mesh.tmp / "gw")
+    lab = InProc(gateways=frozenset({key.node_id}))
+    try:
+        node = lab.gateway(key, domain=DOMAIN, **gateway)
+        ready = node.event("ready")
+        assert ready["node_id"] == key.node_id
+        host, port = ready["url"].split("://")[1].rsplit(":", 1)
+        yield Env(lab, mesh, node, host, int(port))
+    finally:
+        lab.close()
 
 
 @pytest.fixture
-def env(mesh: Mesh) -> Env:
-    return start_env(mesh)
+def env(mesh: Mesh) -> Iterator[Env]:
+    with start_env(mesh) as running:
+        yield running
 
 
 def test_the_gateway_opens_no_listener_per_share(env: Env, service: Service) -> None:  # noqa: F811
     """Requests reach shares through the tunnel's streams directly: a local port per
     share would let any process on the gateway host skip the gateway's checks."""
-    assert listening_tcp_ports(env.gateway.p.pid) == {env.port}
+    before = listening_tcp_ports(os.getpid())  # the rendezvous and the gateway, in here
+    assert env.port in before
     for name in ("one", "two", "three"):
         env.share(service.port, name, home=name)
         assert env.call(name, "GET", "/hello")[0] == 200
-    assert listening_tcp_ports(env.gateway.p.pid) == {env.port}
+    assert listening_tcp_ports(os.getpid()) == before
 
 
 def test_public_share_over_plain_http(env: Env, service: Service) -> None:  # noqa: F811
@@ -162,9 +184,8 @@ def test_200_concurrent_requests_from_20_clients(env: Env, service: Service) -> 
 
 
 def test_unknown_and_non_public_shares_are_404(env: Env, service: Service) -> None:  # noqa: F811
-    private = env.mesh.start("share", str(service.port), "--signal", env.signal_url,
-                             "--name", "private", "--json", home="private")
-    private.event("ready")
+    env.lab.share(service.port, name="private", http=HttpConfig(inspect=None),
+                  identity=env.key("private"))
     for name in ("private", "nobody"):
         status, _, body = env.call(name, "GET", "/hello")
         assert status == 404 and b"no share is published" in body
@@ -213,9 +234,13 @@ def test_names_are_first_come_and_released_explicitly(env: Env, service: Service
 
 
 def test_limits_answer_with_their_codes(mesh: Mesh, service: Service) -> None:  # noqa: F811
-    env = start_env(mesh, "--max-body", "100000", "--rate-per-client", "2", "--burst", "6",
-                    "--share-timeout", "1")
-    env.share(service.port, "limited", "--public-auth", "hook:s3cret")
+    with start_env(mesh, max_body=100_000, rate_per_client=2, burst_per_client=6,
+                   burst_per_share=6, share_timeout=1) as env:
+        limited(env, service)
+
+
+def limited(env: Env, service: Service) -> None:  # noqa: F811
+    env.share(service.port, "limited", public_auth=("hook", "s3cret"))
     auth = {"Authorization": "Basic aG9vazpzM2NyZXQ="}  # hook:s3cret
 
     assert env.call("limited", "GET", "/hello?noauth")[0] == 401
@@ -318,30 +343,25 @@ def test_tls_gateway(mesh: Mesh, service: Service, tmp_path: Path) -> None:  # n
     import ssl
 
     cert, key = self_signed(tmp_path)
-    gw_id = json.loads(mesh.run("id", "--json", home="gw").stdout)["node_id"]
-    _, url = mesh.signal("--gateway", gw_id)
-    gateway = mesh.start("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0",
-                         "--tls-cert", str(cert), "--tls-key", str(key), "--signal", url,
-                         "--json", home="gw")
-    base = gateway.event("ready")["url"]
-    assert base.startswith("https://")
-    port = int(base.rsplit(":", 1)[1])
-    share = mesh.start("share", str(service.port), "--signal", url, "--name", "secure",
-                       "--public", "--no-inspect", "--json", home="sharer")
-    assert share.event("public")["url"] == f"https://secure.{DOMAIN}:{port}/"
-    context = ssl.create_default_context(cafile=str(cert))
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-            context.wrap_socket(raw, server_hostname=f"secure.{DOMAIN}") as tls:
-        tls.sendall(f"GET /echo HTTP/1.1\r\nHost: secure.{DOMAIN}\r\nConnection: close\r\n\r\n"
-                    .encode())
-        data = b""
-        while chunk := tls.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
-    assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
-    # a certificate that does not load is one clear line
-    bad = mesh.run("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--tls-cert",
-                   str(tmp_path / "missing.pem"), "--tls-key", str(key), "--signal", url,
-                   home="gw2")
-    assert bad.returncode == 2 and "TLS certificate" in bad.stderr
+    with start_env(mesh, tls_cert=str(cert), tls_key=str(key)) as env:
+        base = next(e["url"] for e in env.gateway.events if e["event"] == "ready")
+        assert base.startswith("https://")
+        share = env.share(service.port, "secure")
+        assert share.events[-1]["url"] == f"https://secure.{DOMAIN}:{env.port}/"
+        context = ssl.create_default_context(cafile=str(cert))
+        with socket.create_connection(("127.0.0.1", env.port), timeout=30) as raw, \
+                context.wrap_socket(raw, server_hostname=f"secure.{DOMAIN}") as tls:
+            tls.sendall(f"GET /echo HTTP/1.1\r\nHost: secure.{DOMAIN}\r\n"
+                        "Connection: close\r\n\r\n".encode())
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert json.loads(body)["headers"]["X-Forwarded-Proto"] == "https"
+        url = env.signal_url
+        # a certificate that does not load is one clear line
+        bad = mesh.run("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--tls-cert",
+                       str(tmp_path / "missing.pem"), "--tls-key", str(key), "--signal", url,
+                       home="gw2")
+        assert bad.returncode == 2 and "TLS certificate" in bad.stderr

@@ -1,4 +1,9 @@
-"""The foundation through the real CLI: real processes on 127.0.0.1."""
+"""The foundation: bytes through a tunnel, exact, many at once, half-closed.
+
+Shares and connects run in this process (tests/harness.py: real signaling,
+real peer connections over 127.0.0.1); the memory bound of `mesh connect` is
+measured on the real process.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.conftest import EchoServer, Mesh
+from tests.harness import InProc
 
 
 def echo_roundtrip(port: int, size: int, seed: int) -> bool:
@@ -34,49 +40,50 @@ def echo_roundtrip(port: int, size: int, seed: int) -> bool:
     return bytes(received) == payload
 
 
-def test_20mb_file_arrives_byte_identical(mesh: Mesh, http_root: tuple[Path, int]) -> None:
+def tunnel(lab: InProc, port: int) -> int:
+    """Share ``port`` and connect to it; the local port of the tunnel."""
+    share = lab.share(port)
+    return int(lab.connect(share.obj.ticket).obj.port)
+
+
+def test_20mb_file_arrives_byte_identical(inproc: InProc, http_root: tuple[Path, int]) -> None:
     root, port = http_root
     data = os.urandom(20 * 1024 * 1024)
     (root / "file.bin").write_bytes(data)
-    _, url = mesh.signal()
-    _, ticket = mesh.share(port, url)
-    _, local = mesh.connect(ticket)
+    local = tunnel(inproc, port)
     with urllib.request.urlopen(f"http://127.0.0.1:{local}/file.bin", timeout=120) as resp:
         got = resp.read()
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 
 
-def test_100_concurrent_connections_echo_1mb_each(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
-    _, ticket = mesh.share(echo.port, url)
-    _, local = mesh.connect(ticket)
+def test_100_concurrent_connections_echo_1mb_each(inproc: InProc, echo: EchoServer) -> None:
+    local = tunnel(inproc, echo.port)
     with concurrent.futures.ThreadPoolExecutor(100) as pool:
         results = list(pool.map(lambda i: echo_roundtrip(local, 1024 * 1024, i), range(100)))
     assert all(results), f"{results.count(False)} of 100 streams corrupted"
     assert echo.stats.connections == 100
 
 
-def test_half_close_client_still_reads_whole_response(mesh: Mesh, echo: EchoServer) -> None:
+def test_half_close_client_still_reads_whole_response(inproc: InProc,
+                                                      echo: EchoServer) -> None:
     # The echo service only answers fully after our EOF; the reply (3 MB) must all arrive
     # after we shut down our write side.
-    _, url = mesh.signal()
-    _, ticket = mesh.share(echo.port, url)
-    _, local = mesh.connect(ticket)
+    local = tunnel(inproc, echo.port)
     assert echo_roundtrip(local, 3 * 1024 * 1024, 7)
 
 
-def test_killing_signaling_after_connected_leaves_tunnel_working(
-        mesh: Mesh, echo: EchoServer) -> None:
-    sig, url = mesh.signal()
-    share, ticket = mesh.share(echo.port, url)
-    conn, local = mesh.connect(ticket)
+def test_stopping_signaling_after_connected_leaves_tunnel_working(
+        inproc: InProc, echo: EchoServer) -> None:
+    share = inproc.share(echo.port)
+    conn = inproc.connect(share.obj.ticket)
+    local = conn.obj.port
     assert echo_roundtrip(local, 100_000, 1)
-    sig.stop()
-    assert sig.p.returncode is not None
+    inproc.run(inproc.harness.stop_server())
+    share.event("signal")  # the share noticed: disconnected
     time.sleep(1)
     for i in range(5):  # new connections, new data channels: still fine
         assert echo_roundtrip(local, 500_000, 10 + i)
-    assert share.p.poll() is None and conn.p.poll() is None
+    assert conn.obj.up and not any(e["event"] == "disconnected" for e in conn.events)
 
 
 def test_connect_rss_stays_bounded_during_200mb(mesh: Mesh, echo: EchoServer) -> None:
