@@ -67,8 +67,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
 
 @dataclass
 class HttpShare:
-    share: Node
-    connect: Node
+    share: Node | Proc
+    connect: Node | Proc
     port: int
     inspector: str
     peer: str
@@ -85,6 +85,16 @@ def http_share(lab: InProc, service: Service, *, guard: bool = False,
     conn = lab.connect(share.obj.ticket, http=guard)
     peer = str(share.event("connected")["peer"])
     return HttpShare(share, conn, conn.obj.port, inspector, peer)
+
+
+def cli_http_share(mesh: Mesh, service: Service) -> HttpShare:
+    """The same, through the real CLI: `mesh share --http` and `mesh connect` processes."""
+    _, url = mesh.signal()
+    share, ticket = mesh.share(service.port, url, "--http", "--inspect", "127.0.0.1:0")
+    inspector = str(share.event("inspector")["url"])
+    conn, port = mesh.connect(ticket)
+    peer = str(share.event("connected")["peer"])
+    return HttpShare(share, conn, port, inspector, peer)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None,

@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Mesh, require_tool
-from tests.integration.test_http import Service, http_share, request, service  # noqa: F401
+from tests.integration.test_http import (  # noqa: F401
+    Service,
+    cli_http_share,
+    request,
+    service,
+)
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--disable-component-update",
@@ -25,7 +30,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu",
 def test_inspector_in_chromium(mesh: Mesh, service: Service, tmp_path: Path) -> None:  # noqa: F811
     chromium = require_tool("chromium", "chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
-    hs = http_share(mesh, service)
+    hs = cli_http_share(mesh, service)
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
