@@ -120,6 +120,16 @@ class Proc:
                 self.p.wait()
 
 
+def stop_all(procs: list[Proc], sig: int = signal.SIGTERM) -> None:
+    """Signal every process at once, then wait for each (they stop in parallel)."""
+    for proc in procs:
+        if proc.p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.p.send_signal(sig)
+    for proc in procs:
+        proc.stop(sig)
+
+
 class Mesh:
     """Starts mesh processes with their own MESH_HOME and loopback-only ICE."""
 
@@ -168,8 +178,7 @@ class Mesh:
         return proc, port
 
     def close(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
+        stop_all(self.procs)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
@@ -89,12 +90,23 @@ class Harness:
     async def start_server(self) -> str:
         self.server = Rendezvous(self.config)
         self.url = await self.server.start()
+        assert self.server.signal is not None
+        self._ports = (self.server.signal.port,
+                       self.server.turn.port if self.server.turn else None)
         return self.url
 
     async def stop_server(self) -> None:
         if self.server is not None:
             await self.server.stop()
             self.server = None
+
+    async def restart_server(self) -> str:
+        """Start the rendezvous again on the ports it had (a server restart)."""
+        signal_port, turn_port = self._ports
+        await self.stop_server()
+        self.config = replace(self.config, signal=replace(self.config.signal, port=signal_port),
+                              stun_port=turn_port)
+        return await self.start_server()
 
     def recorder(self, running: object) -> Recorder:
         return self.recorders[id(running)]

@@ -67,7 +67,6 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
               as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
     from mesh.node.config import ShareConfig
-    from mesh.node.share import Share
     from mesh.proto.names import check_basic_auth, parse_hostport
 
     def build() -> ShareConfig:
@@ -86,6 +85,8 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
     config = configured(as_json, build)
 
     async def run() -> None:
+        from mesh.node.share import Share
+
         async with Share(config, on_event=out):
             await forever()
 
@@ -115,8 +116,6 @@ def _http_config(http_mode: bool, inspect_addr: str | None, no_inspect: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Give up a public name this machine's key holds."""
-    from mesh.node.home import load_or_create
-    from mesh.node.signal_client import SignalClient
     from mesh.proto.names import check_name
 
     def build() -> tuple[str, ...]:
@@ -130,6 +129,9 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     urls = configured(as_json, build)
 
     async def run() -> None:
+        from mesh.node.home import load_or_create
+        from mesh.node.signal_client import SignalClient
+
         client = SignalClient(load_or_create(), list(urls), lambda sender, payload: None)
         await client.start()
         try:
@@ -166,8 +168,6 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
                 http_mode: bool, relay_only: bool, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from mesh.node.config import ConnectConfig
-    from mesh.node.connect import Tunnel
-    from mesh.node.discovery import resolve
     from mesh.proto import ticket as ticket_mod
 
     options: dict[str, Any] = dict(
@@ -185,6 +185,9 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
     urls = configured(as_json, build)
 
     async def run() -> None:
+        from mesh.node.connect import Tunnel
+        from mesh.node.discovery import resolve
+
         parsed, by_name = await resolve(ticket, time.time())
         config = ConnectConfig(ticket=parsed, signal_urls=urls, by_name=by_name, **options)
         async with Tunnel(config, on_event=out):

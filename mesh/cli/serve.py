@@ -57,7 +57,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
                max_conns_per_ip: int, rate: float, redis_url: str | None,
                presence_ttl: float, gateways: tuple[str, ...], as_json: bool) -> None:
     """Run the rendezvous server: signaling plus STUN/TURN."""
-    from signaling.rendezvous import Rendezvous, RendezvousConfig
+    from signaling.rendezvous import RendezvousConfig
     from signaling.server import ServerConfig
 
     out = Output(as_json)
@@ -70,6 +70,8 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
         relay_bandwidth=relay_bandwidth, redis_url=redis_url, presence_ttl=presence_ttl))
 
     async def run() -> None:
+        from signaling.rendezvous import Rendezvous
+
         raise_fd_limit()
         server = Rendezvous(config)
         try:
@@ -119,7 +121,6 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
                 max_streams_per_share: int, share_timeout: float, as_json: bool) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
     from mesh.node.config import GatewayConfig
-    from mesh.node.gateway import Gateway
     from mesh.proto.names import parse_hostport
 
     def build() -> GatewayConfig:
@@ -135,6 +136,8 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
     config = configured(as_json, build)
 
     async def run() -> None:
+        from mesh.node.gateway import Gateway
+
         raise_fd_limit()
         async with Gateway(config, on_event=out):
             await forever()

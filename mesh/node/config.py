@@ -17,7 +17,7 @@ from mesh.errors import ConfigError
 from mesh.http.config import HttpConfig
 from mesh.proto import names
 from mesh.proto.ticket import Ticket
-from mesh.transport.ice import IceSettings
+from mesh.transport.settings import IceSettings
 
 from . import environ
 

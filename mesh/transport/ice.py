@@ -19,18 +19,10 @@ import aioice.ice
 
 from mesh.proto.names import parse_ice_url
 
+from .settings import IceSettings
 from .stunclient import answers
 
-
-@dataclass(frozen=True)
-class IceSettings:
-    """What the transport takes from the environment (mesh/node/environ.py)."""
-
-    host_addresses: tuple[str, ...] | None = None
-    """Local addresses to gather host candidates on; None: aioice's choice (all
-    but loopback)."""
-    plpmtud: bool = True
-    """Path MTU discovery (RFC 8899) with peers that announce it."""
+__all__ = ["IcePlan", "IceServer", "IceSettings", "gather_on", "ice_plan", "udp_reachable"]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,8 @@
-"""Every failure a user can cause: one clear line, a non-zero exit, no traceback."""
+"""Every failure a user can cause: one clear line, a non-zero exit, no traceback.
+
+The command under test runs through the real CLI; the rendezvous and the share
+it talks to run in this process where they are not what is tested.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import pytest
 from mesh.node.home import load_or_create
 from mesh.proto import ticket as tk
 from tests.conftest import EchoServer, Mesh, free_port
+from tests.harness import InProc, Node
 
 
 def assert_clean_failure(proc_or_result: object, code: int | None = None,
@@ -76,9 +81,14 @@ def _forge(home: Path, ticket: str, **changes: object) -> str:
     return tk.Ticket(**fields).encode(ident)  # type: ignore[arg-type]
 
 
-def test_tampered_ticket_refused_before_any_byte(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
-    _, ticket = mesh.share(echo.port, url, home="sharer")
+def sharer(mesh: Mesh, inproc: InProc, port: int, **options: object) -> Node:
+    """An in-process share under the node key kept in MESH_HOME=<tmp>/sharer."""
+    return inproc.share(port, identity=load_or_create(mesh.tmp / "sharer"), **options)
+
+
+def test_tampered_ticket_refused_before_any_byte(mesh: Mesh, inproc: InProc,
+                                                 echo: EchoServer) -> None:
+    ticket = sharer(mesh, inproc, echo.port).obj.ticket
     # flip one character in the middle: the signature no longer verifies
     i = len(ticket) // 2
     bad = ticket[:i] + ("a" if ticket[i] != "a" else "b") + ticket[i + 1:]
@@ -98,20 +108,19 @@ def test_tampered_ticket_refused_before_any_byte(mesh: Mesh, echo: EchoServer) -
     assert echo.stats.connections == 0 and echo.stats.bytes == 0
 
 
-def test_expired_ticket(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
-    _, ticket = mesh.share(echo.port, url, home="sharer")
+def test_expired_ticket(mesh: Mesh, inproc: InProc, echo: EchoServer) -> None:
+    ticket = sharer(mesh, inproc, echo.port).obj.ticket
     old = _forge(mesh.tmp / "sharer", ticket, expires=int(time.time()) - 10)
     assert_clean_failure(mesh.run("connect", old, "--json"), 3, "expired")
 
 
 @pytest.mark.parametrize("mode", ["flip", "forge"])
-def test_signaling_server_rewriting_answer_fails_connect(mesh: Mesh, echo: EchoServer,
-                                                         mode: str) -> None:
+def test_signaling_server_rewriting_answer_fails_connect(mesh: Mesh, inproc: InProc,
+                                                         echo: EchoServer, mode: str) -> None:
     here = Path(__file__).parent / "tamper_signal.py"
     evil = mesh.start(mode, cmd=[sys.executable, str(here)])
     url = evil.event("ready")["url"]
-    _, ticket = mesh.share(echo.port, url)
+    ticket = inproc.share(echo.port, signal_urls=(url,)).obj.ticket
     proc = mesh.start("connect", ticket, "--json")
     code = proc.wait(30)
     assert code == 5, proc.events
@@ -122,9 +131,8 @@ def test_signaling_server_rewriting_answer_fails_connect(mesh: Mesh, echo: EchoS
     assert echo.stats.connections == 0
 
 
-def test_port_in_use(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
-    _, ticket = mesh.share(echo.port, url)
+def test_port_in_use(mesh: Mesh, inproc: InProc, echo: EchoServer) -> None:
+    ticket = inproc.share(echo.port).obj.ticket
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -133,19 +141,16 @@ def test_port_in_use(mesh: Mesh, echo: EchoServer) -> None:
                              "already in use")
 
 
-def test_share_offline(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
-    share, ticket = mesh.share(echo.port, url)
+def test_share_offline(mesh: Mesh, inproc: InProc, echo: EchoServer) -> None:
+    share = inproc.share(echo.port)
+    ticket = share.obj.ticket
     share.stop()
-    time.sleep(0.5)
     assert_clean_failure(mesh.run("connect", ticket, "--json"), 4, "not connected")
 
 
-def test_shared_service_down_closes_client_promptly(mesh: Mesh) -> None:
-    _, url = mesh.signal()
-    dead = free_port()
-    share, ticket = mesh.share(dead, url)
-    _, local = mesh.connect(ticket)
+def test_shared_service_down_closes_client_promptly(mesh: Mesh, inproc: InProc) -> None:
+    share = inproc.share(free_port())
+    _, local = mesh.connect(share.obj.ticket)
     with socket.create_connection(("127.0.0.1", local)) as s:
         s.settimeout(5)
         t0 = time.monotonic()
@@ -176,10 +181,9 @@ def test_bad_share_target(mesh: Mesh) -> None:
                          2, "give PORT or HOST:PORT")
 
 
-def test_allow_list_refuses_other_keys(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
+def test_allow_list_refuses_other_keys(mesh: Mesh, inproc: InProc, echo: EchoServer) -> None:
     friend = load_or_create(mesh.tmp / "friend").node_id
-    _, ticket = mesh.share(echo.port, url, "--allow", friend)
+    ticket = inproc.share(echo.port, allow=frozenset({friend})).obj.ticket
     res = mesh.run("connect", ticket, "--json")  # a different, fresh key
     assert_clean_failure(res, 5, "does not admit your key")
     proc = mesh.start("connect", ticket, "--json", home="friend")

@@ -1,4 +1,9 @@
-"""Keeps working: signaling restarts, status, limits, metrics (real processes, loopback)."""
+"""Keeps working: signaling restarts, status, limits, metrics.
+
+Shares, connects and the rendezvous run in this process where the command line
+is not the point (tests/harness.py); exit codes, `mesh status` and the kept
+secrets of a restarted `mesh share` go through the real CLI.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,8 @@ import socket
 import time
 import urllib.request
 
-from tests.conftest import EchoServer, Mesh, free_port
+from tests.conftest import EchoServer, Mesh
+from tests.harness import InProc
 from tests.integration.test_tunnel import echo_roundtrip
 
 
@@ -21,22 +27,18 @@ def wait_state(proc: object, state: str, timeout: float) -> dict[str, object]:
 
 
 def test_share_reregisters_after_server_restart_and_ticket_keeps_working(
-        mesh: Mesh, echo: EchoServer) -> None:
-    port, stun = free_port(), free_port()
-    args = ("signal", "--port", str(port), "--stun-port", str(stun), "--json")
-    sig = mesh.start(*args)
-    url = sig.event("ready")["url"]
-    share, ticket = mesh.share(echo.port, url)
-    _conn, local = mesh.connect(ticket)
-    sig.stop()
+        inproc: InProc, echo: EchoServer) -> None:
+    share = inproc.share(echo.port)
+    ticket = share.obj.ticket
+    local = inproc.connect(ticket).obj.port
+    inproc.run(inproc.harness.stop_server())
     wait_state(share, "disconnected", 30)
     assert echo_roundtrip(local, 200_000, 1)  # the tunnel does not need the server
-    sig2 = mesh.start(*args)
-    sig2.event("ready")
+    inproc.run(inproc.harness.restart_server())
     t0 = time.monotonic()
     wait_state(share, "registered", 10)
     assert time.monotonic() - t0 < 5, "share must re-register within 5 s"
-    _, local2 = mesh.connect(ticket)  # the same ticket, a new peer
+    local2 = inproc.connect(ticket).obj.port  # the same ticket, a new peer
     assert echo_roundtrip(local2, 300_000, 2)
 
 
@@ -68,11 +70,10 @@ def test_status_shows_shares_and_connects(mesh: Mesh, echo: EchoServer) -> None:
     assert "no mesh share or connect" in mesh.run("status", home="laptop").stdout
 
 
-def test_limits_streams_peers_idle(mesh: Mesh, echo: EchoServer) -> None:
-    _, url = mesh.signal()
-    _, ticket = mesh.share(echo.port, url, "--max-streams", "2", "--max-peers", "1",
-                           "--idle-timeout", "1.5")
-    conn, local = mesh.connect(ticket)
+def test_limits_streams_peers_idle(mesh: Mesh, inproc: InProc, echo: EchoServer) -> None:
+    ticket = inproc.share(echo.port, max_streams=2, max_peers=1, idle_timeout=1.5).obj.ticket
+    conn = inproc.connect(ticket)
+    local = conn.obj.port
     held = [socket.create_connection(("127.0.0.1", local)) for _ in range(2)]
     for s in held:
         s.sendall(b"x")
@@ -95,11 +96,10 @@ def test_limits_streams_peers_idle(mesh: Mesh, echo: EchoServer) -> None:
     assert res.returncode == 5 and "too many peers" in res.stdout
 
 
-def test_metrics_and_health(mesh: Mesh, echo: EchoServer) -> None:
-    _sig, url = mesh.signal("--relay-allow", "127.0.0.0/8")
+def test_metrics_and_health(mesh: Mesh, inproc: InProc, echo: EchoServer) -> None:
+    url = inproc.url
     base = url.replace("ws://", "http://")
-    _, ticket = mesh.share(echo.port, url)
-    _, local = mesh.connect(ticket)
+    local = inproc.connect(inproc.share(echo.port).obj.ticket).obj.port
     res = mesh.run("connect", "mesh1" + "a" * 10, "--json")  # never reaches the server
     assert res.returncode == 3
     with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].strip("/")))) as s:
@@ -139,10 +139,10 @@ def test_ticket_survives_share_restart_until_rotated(mesh: Mesh, echo: EchoServe
     del ticket2
 
 
-def test_relay_only_hides_the_connector_and_moves_bytes(mesh: Mesh, echo: EchoServer) -> None:
-    _sig, url = mesh.signal("--relay-allow", "127.0.0.0/8")
-    share, ticket = mesh.share(echo.port, url)
-    conn = mesh.start("connect", ticket, "--relay-only", "--json")
+def test_relay_only_hides_the_connector_and_moves_bytes(mesh: Mesh, inproc: InProc,
+                                                       echo: EchoServer) -> None:
+    share = inproc.share(echo.port)
+    conn = mesh.start("connect", share.obj.ticket, "--relay-only", "--json")
     local = int(conn.event("listening")["port"])
     connected = conn.event("connected")
     assert connected["path"] == "relay" and connected["local_candidate"] == "relay"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MESH, Proc
+from tests.conftest import MESH, Proc, stop_all
 from tests.natlab.lab import SERVER_IP, Lab, available
 
 HERE = Path(__file__).parent
@@ -76,10 +76,9 @@ class LabRun:
         return dict(json.loads(res.stdout))
 
     def close(self) -> None:
-        for p in reversed(self.procs):
-            if isinstance(p, Proc):
-                p.stop()
-            else:
+        stop_all([p for p in self.procs if isinstance(p, Proc)])
+        for p in self.procs:
+            if not isinstance(p, Proc):
                 p.terminate()
                 p.wait(5)
 
