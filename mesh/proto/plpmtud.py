@@ -19,12 +19,13 @@ Wire format:
   flight confirms the size. The probe travels with DF set on the UDP socket,
   so a size only counts if the path carries it unfragmented.
 
-Search: the candidate sizes, largest first (a loopback or jumbo-frame path
-confirms 16 KiB at once; an Ethernet path falls through to 1400), each tried
-``MAX_PROBES`` times; the first size acknowledged is taken and the search
-ends. 16384 is the top: the largest DTLS record plaintext. A black hole (the
-data stops being acknowledged at a size once confirmed) drops back to the
-base; ``restart`` searches again later.
+Search: every candidate size at once, in rounds of up to ``MAX_PROBES``
+(a loopback or jumbo-frame path confirms 16 KiB in one round trip; an
+Ethernet path confirms 1400 and finds the larger sizes gone within one
+``PROBE_TIMEOUT``); the largest size acknowledged is taken. 16384 is the top:
+the largest DTLS record plaintext. A black hole (the data stops being
+acknowledged at a size once confirmed) drops back to the base; ``restart``
+searches again later.
 """
 
 from __future__ import annotations
@@ -87,7 +88,16 @@ def probe_packet(src_port: int, dst_port: int, tag: int, size: int, info: bytes)
 
 
 class Search:
-    """Which packet size to use on one path, and which probe to send next."""
+    """Which packet size to use on one path, and which probes to send next.
+
+    Probes go out in rounds: every candidate above the current size that has not
+    failed ``MAX_PROBES`` rounds yet, all at once (RFC 8899 allows several probes
+    in flight). A round ends when every probe of it is acknowledged or at
+    ``PROBE_TIMEOUT`` (``timed_out``); the largest size acknowledged in it
+    becomes current, at once. One round settles a healthy path (0.5 s on an
+    Ethernet path, an RTT on loopback) where probing one size after another took
+    ``MAX_PROBES * PROBE_TIMEOUT`` for each size too large.
+    """
 
     def __init__(self, peer_max: int, local_max: int = LOCAL_MAX,
                  candidates: tuple[int, ...] = CANDIDATES, base: int = BASE) -> None:
@@ -96,60 +106,74 @@ class Search:
         self.sizes = sorted((s for s in candidates if base < s <= top), reverse=True)
         self.current = base
         self.probes_sent = 0
-        self._index = 0
-        self._attempts = 0
-        self._outstanding: bytes | None = None
+        self._failures: dict[int, int] = {}
+        self._outstanding: dict[bytes, int] = {}
+        self._acked: list[int] = []
+
+    @property
+    def open(self) -> list[int]:
+        """Sizes still worth probing: above the current one, not failed too often."""
+        return [s for s in self.sizes
+                if s > self.current and self._failures.get(s, 0) < MAX_PROBES]
 
     @property
     def done(self) -> bool:
-        """No probe left to send until ``restart``."""
-        return self._outstanding is None and (
-            self._index >= len(self.sizes) or self.sizes[self._index] <= self.current)
+        """No probe in flight and none left to send until ``restart``."""
+        return not self._outstanding and not self.open
 
     @property
     def at_top(self) -> bool:
         return not self.sizes or self.current >= self.sizes[0]
 
-    def probe(self) -> tuple[int, bytes] | None:
-        """The next probe to send: ``(size, info)``, or None when the search is over."""
-        if self._outstanding is not None:
-            raise RuntimeError("a probe is already in flight")
-        if self.done:
-            return None
-        size = self.sizes[self._index]
-        self._outstanding = probe_info(size)
-        self._attempts += 1
-        self.probes_sent += 1
-        return size, self._outstanding
+    def round(self) -> list[tuple[int, bytes]]:
+        """The probes of the next round (largest first): ``[(size, info), ...]``;
+        empty when the search is over."""
+        if self._outstanding:
+            raise RuntimeError("a round of probes is still in flight")
+        probes = [(size, probe_info(size)) for size in self.open]
+        self._outstanding = {info: size for size, info in probes}
+        self._acked = []
+        self.probes_sent += len(probes)
+        return probes
 
     def acked(self, info: bytes) -> bool:
-        """A HEARTBEAT-ACK echoed ``info``; True if it confirmed the probe in flight."""
-        if self._outstanding is None or info != self._outstanding:
+        """A HEARTBEAT-ACK echoed ``info``; True if it confirmed a probe of this round.
+        The round ends early once every probe of it is confirmed."""
+        size = self._outstanding.pop(info, None)
+        if size is None:
             return False
-        self.current = unpack_from("!L", info, 4)[0]
-        self._outstanding = None
-        self._index = len(self.sizes)
-        self._attempts = 0
+        self._acked.append(size)
+        if not self._outstanding:
+            self._settle()
         return True
 
+    @property
+    def waiting(self) -> bool:
+        """Probes of the current round are still unanswered."""
+        return bool(self._outstanding)
+
     def timed_out(self) -> None:
-        """The probe in flight got no answer in time."""
-        self._outstanding = None
-        if self._attempts >= MAX_PROBES:
-            self._index += 1
-            self._attempts = 0
+        """``PROBE_TIMEOUT`` passed: the round's unanswered probes count as failed."""
+        for size in self._outstanding.values():
+            self._failures[size] = self._failures.get(size, 0) + 1
+        self._outstanding = {}
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._acked:
+            self.current = max(self.current, *self._acked)
+        self._acked = []
 
     def black_hole(self) -> bool:
         """Data stopped getting through at the current size: back to the base."""
         if self.current <= self.base:
             return False
+        self._failures = {s: MAX_PROBES for s in self.sizes}  # until restart
         self.current = self.base
-        self._outstanding = None
-        self._index = len(self.sizes)
+        self._outstanding = {}
         return True
 
     def restart(self) -> None:
         """Search again from the top (after ``RAISE_INTERVAL``)."""
-        self._outstanding = None
-        self._index = 0
-        self._attempts = 0
+        self._outstanding = {}
+        self._failures = {}

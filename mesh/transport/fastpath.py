@@ -238,7 +238,7 @@ class TunedSctpTransport(RTCSctpTransport):
         self._mesh_user_max = plpmtud.user_data_max(plpmtud.BASE)
         self._mesh_peer_max: int | None = None
         self._mesh_search: plpmtud.Search | None = None
-        self._mesh_probe: tuple[bytes, asyncio.Future[bytes]] | None = None
+        self._mesh_probe: tuple[plpmtud.Search, asyncio.Future[None]] | None = None
         self._mesh_task: asyncio.Task[None] | None = None
         self._mesh_rtx = False
         self._mesh_unsacked = 0
@@ -298,21 +298,21 @@ class TunedSctpTransport(RTCSctpTransport):
             # DF (again: a black hole clears it)
             if not prepare_for_probes(connection):
                 return  # without DF a probe would only show that fragments get through
-            while self._association_state == established and (probe := search.probe()):
-                size, info = probe
-                waiter: asyncio.Future[bytes] = self._loop.create_future()
-                self._mesh_probe = (info, waiter)
+            while self._association_state == established and (probes := search.round()):
+                before = search.current
+                settled: asyncio.Future[None] = self._loop.create_future()
+                self._mesh_probe = (search, settled)
                 try:
-                    await self.transport._send_data(plpmtud.probe_packet(
-                        self._local_port, self._remote_port, self._remote_verification_tag,
-                        size, info))
-                    await asyncio.wait_for(waiter, plpmtud.PROBE_TIMEOUT)
+                    for size, info in probes:
+                        await self.transport._send_data(plpmtud.probe_packet(
+                            self._local_port, self._remote_port,
+                            self._remote_verification_tag, size, info))
+                    await asyncio.wait_for(settled, plpmtud.PROBE_TIMEOUT)
                 except (TimeoutError, ConnectionError, SSL.Error):
                     search.timed_out()
-                    continue
                 finally:
                     self._mesh_probe = None
-                if search.acked(info):
+                if search.current != before:
                     self._mesh_use(search.current)
             if search.at_top or self._association_state != established:
                 return
@@ -329,10 +329,11 @@ class TunedSctpTransport(RTCSctpTransport):
 
     async def _receive_chunk(self, chunk: Any) -> None:
         if type(chunk) is HeartbeatAckChunk and self._mesh_probe is not None:
-            info, waiter = self._mesh_probe
+            search, settled = self._mesh_probe
             for kind, value in chunk.params:
-                if kind == plpmtud.HB_INFO and value == info and not waiter.done():
-                    waiter.set_result(value)
+                if kind == plpmtud.HB_INFO and search.acked(value):
+                    if not search.waiting and not settled.done():
+                        settled.set_result(None)
                     return
         await super()._receive_chunk(chunk)
 

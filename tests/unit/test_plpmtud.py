@@ -47,28 +47,33 @@ def test_user_data_fits_the_packet() -> None:
         assert n % 4 == 0 and 12 + 16 + n <= size
 
 
-def test_search_takes_the_largest_size_acknowledged() -> None:
+def test_one_round_probes_every_candidate_and_takes_the_largest_acked() -> None:
     s = Search(peer_max=16384)
     assert s.current == BASE and not s.done
-    tried = []
-    while True:
-        probe = s.probe()
-        if probe is None:
-            break
-        size, info = probe
-        tried.append(size)
-        if size == 4096:
-            assert s.acked(info)
-        else:
-            s.timed_out()
+    probes = s.round()
+    assert [size for size, _ in probes] == list(plpmtud.CANDIDATES)  # largest first
+    by_size = dict(probes)
+    assert s.acked(by_size[1400]) and s.acked(by_size[4096])
+    assert s.current == BASE and s.waiting  # the round is still open for the larger two
+    s.timed_out()
+    assert s.current == 4096 and not s.done
+    second = s.round()  # the two larger sizes get their second chance
+    assert [size for size, _ in second] == [16384, 8192]
+    s.timed_out()
     assert s.current == 4096 and s.done and not s.at_top
-    assert tried == [16384] * MAX_PROBES + [8192] * MAX_PROBES + [4096]
-    assert s.probes_sent == len(tried)
+    assert s.round() == [] and s.probes_sent == 6
+
+
+def test_a_round_where_everything_fits_ends_at_once() -> None:
+    s = Search(peer_max=16384)
+    for _, info in s.round():
+        s.acked(info)
+    assert s.current == 16384 and s.at_top and s.done  # no timeout to wait for
 
 
 def test_search_stays_at_the_base_when_nothing_gets_through() -> None:
     s = Search(peer_max=16384)
-    while s.probe() is not None:
+    while s.round():
         s.timed_out()
     assert s.current == BASE and s.done
     assert s.probes_sent == MAX_PROBES * len(plpmtud.CANDIDATES)
@@ -76,26 +81,24 @@ def test_search_stays_at_the_base_when_nothing_gets_through() -> None:
 
 def test_search_respects_the_peer_limit_and_ignores_stale_or_forged_acks() -> None:
     s = Search(peer_max=5000)
-    probe = s.probe()
-    assert probe is not None and probe[0] == 4096
-    info = probe[1]
+    probes = s.round()
+    assert [size for size, _ in probes] == [4096, 1400]
+    info = probes[0][1]
     forged = info[:8] + bytes(8)
     assert not s.acked(forged) and not s.acked(plpmtud.probe_info(4096))
     with pytest.raises(RuntimeError):
-        s.probe()  # one probe in flight at a time
-    assert s.acked(info) and s.current == 4096
+        s.round()  # one round in flight at a time
+    assert s.acked(info) and s.acked(probes[1][1]) and s.current == 4096
     assert not s.acked(info)  # replayed ack: nothing in flight
     assert s.at_top and s.done
 
 
 def test_black_hole_falls_back_and_restart_searches_again() -> None:
     s = Search(peer_max=16384)
-    probe = s.probe()
-    assert probe is not None
-    s.acked(probe[1])
+    for _, info in s.round():
+        s.acked(info)
     assert s.current == 16384
     assert s.black_hole() and s.current == BASE and s.done
     assert not s.black_hole()  # already at the base
     s.restart()
-    probe = s.probe()
-    assert probe is not None and probe[0] == 16384
+    assert [size for size, _ in s.round()] == list(plpmtud.CANDIDATES)
