@@ -42,18 +42,58 @@ def wait_port(port: int, timeout: float = 10.0) -> bool:
             time.sleep(0.05)
 
 
-class Proc:
+class Events:
+    """Events as ``--json`` prints them, arriving on ``lines`` (JSON text; None: the
+    source ended); ``event(name)`` waits for the next one of that name not yet taken."""
+
+    def __init__(self) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.events: list[dict[str, Any]] = []
+
+    def context(self) -> str:
+        return ""
+
+    def event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
+        for ev in self.events:
+            if ev.get("event") == name and not ev.get("_taken"):
+                ev["_taken"] = True
+                return ev
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {name!r} event in {timeout} s{self.context()}; "
+                                     f"events={self.events}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                time.sleep(0.2)
+                raise AssertionError(f"ended before {name!r}{self.context()}; "
+                                     f"events={self.events}")
+            ev = json.loads(line)
+            self.events.append(ev)
+            if ev.get("event") == name:
+                ev["_taken"] = True
+                return ev
+
+
+class Proc(Events):
     """A running `mesh ...` command whose --json events we read."""
 
     def __init__(self, args: list[str], env: dict[str, str], cmd: list[str] | None = None) -> None:
+        super().__init__()
         self.args = args
         self.p = subprocess.Popen((cmd or MESH) + args, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.events: list[dict[str, Any]] = []
         self.stderr: list[str] = []
         threading.Thread(target=self._pump_out, daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def context(self) -> str:
+        return (f" from {self.args[:1]} (exit {self.p.poll()}); "
+                f"stderr={''.join(self.stderr)}")
 
     def _pump_out(self) -> None:
         assert self.p.stdout is not None
@@ -65,31 +105,6 @@ class Proc:
         assert self.p.stderr is not None
         for line in self.p.stderr:
             self.stderr.append(line)
-
-    def event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
-        for ev in self.events:
-            if ev.get("event") == name and not ev.get("_taken"):
-                ev["_taken"] = True
-                return ev
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {name!r} event from {self.args[:1]} in {timeout}s; "
-                                     f"events={self.events} stderr={''.join(self.stderr)}")
-            try:
-                line = self.lines.get(timeout=left)
-            except queue.Empty:
-                continue
-            if line is None:
-                time.sleep(0.2)
-                raise AssertionError(f"{self.args[:1]} exited ({self.p.poll()}) before {name!r}: "
-                                     f"events={self.events} stderr={''.join(self.stderr)}")
-            ev = json.loads(line)
-            self.events.append(ev)
-            if ev.get("event") == name:
-                ev["_taken"] = True
-                return ev
 
     def wait(self, timeout: float = 30.0) -> int:
         code = self.p.wait(timeout)

@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import queue
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from types import TracebackType
@@ -36,6 +34,7 @@ from mesh.proto.identity import Identity
 from mesh.transport.ice import IceSettings
 from signaling.rendezvous import Rendezvous, RendezvousConfig
 from signaling.server import ServerConfig
+from tests.conftest import Events
 
 LOOPBACK = IceSettings(host_addresses=("127.0.0.1",))
 
@@ -157,37 +156,17 @@ class Harness:
         await self.stop_server()
 
 
-class Node:
+class Node(Events):
     """A running share, connect or gateway, seen from a test's thread: ``event(name)``
     waits for the next event of that name (as ``--json`` prints it), like ``Proc.event``."""
 
     def __init__(self, obj: Any, inproc: InProc) -> None:
+        super().__init__()
         self.obj = obj
         self.inproc = inproc
-        self.events: list[dict[str, Any]] = []
-        self._queue: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def record(self, event: events.Event) -> None:  # on the loop's thread
-        self._queue.put(json.loads(json.dumps(event.to_json(), default=str)))
-
-    def event(self, name: str, timeout: float = 30.0) -> dict[str, Any]:
-        for ev in self.events:
-            if ev.get("event") == name and not ev.get("_taken"):
-                ev["_taken"] = True
-                return ev
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {name!r} event in {timeout} s; events={self.events}")
-            try:
-                ev = self._queue.get(timeout=left)
-            except queue.Empty:
-                continue
-            self.events.append(ev)
-            if ev.get("event") == name:
-                ev["_taken"] = True
-                return ev
+        self.lines.put(json.dumps(event.to_json(), default=str))
 
     def stop(self) -> None:
         self.inproc.run(self.obj.close())
