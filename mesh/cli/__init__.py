@@ -1,15 +1,10 @@
 """The ``mesh`` command line: builds configuration, calls the Python API, prints events.
 
-Output contract: with ``--json`` every line on stdout is one JSON object with an
-``event`` field (``ready``, ``listening``, ``connected``, ``disconnected``,
-``rejected``, ``signal``, ``warning``, ``error``, ...). Without it, humans get
-short lines (the ticket on stdout, the rest on stderr). Every ``MeshError``
-becomes one line and the exit code of its class (the table is in
-mesh/errors.py and the README); Ctrl-C exits 130, a bug 70.
-
-Commands live in the modules of this package (serve, peer, tools); every check of a
-value lives in the configuration classes (mesh/node/config.py,
-mesh/http/proxy.py, signaling/): this module only maps flags to fields.
+The output contract and exit codes are mesh/cli/common.py's; the commands live in
+serve (signal, gateway), peer (share, connect, release) and tools (netcheck, ls,
+status, id). Every check of a value lives in the configuration classes
+(mesh/node/config.py, mesh/http/config.py, signaling/): commands only map flags
+to fields.
 """
 
 from __future__ import annotations
