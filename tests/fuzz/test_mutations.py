@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import json
 from itertools import count
 
 import pytest
+from google_crc32c import value as crc32c
 
 from mesh.errors import MeshError, ProtocolError, TicketError
 from mesh.http.policy import head_problem
@@ -23,6 +25,9 @@ from mesh.proto import stream as streamproto
 from mesh.proto import ticket as tk
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity, seal
+from mesh.proto.sctp import chunks as c
+from mesh.proto.sctp.association import ESTABLISHED
+from mesh.proto.sctp.channels import DataChannels, Ended
 from signaling.policy import RelayPolicy
 from signaling.turn import TurnConfig, TurnCore, rest_credentials
 from tests.fuzz.conftest import CASES, scaled
@@ -241,3 +246,95 @@ def test_the_mutants_reach_the_checks() -> None:
         except TicketError as exc:
             reasons.add(str(exc))
     assert len(reasons) >= 5, reasons
+
+
+def _sctp_pair() -> tuple[DataChannels, DataChannels]:
+    """Two data-channel cores, established, a channel open each way."""
+    a = DataChannels(client=True, now=0.0, window=256 * 1024, max_message=64 * 1024)
+    b = DataChannels(client=False, now=0.0, window=256 * 1024, max_message=64 * 1024)
+    a.start(0.0)
+    for _ in range(8):
+        for src, dst in ((a, b), (b, a)):
+            for packet in src.datagrams_to_send(0.0):
+                dst.receive_datagram(packet, 0.0)
+            while src.next_event() is not None:
+                pass
+    assert a.ready and b.ready
+    return a, b
+
+
+def _sctp_seeds(a: DataChannels, b: DataChannels) -> list[bytes]:
+    """What ``a`` sends ``b`` in a busy moment, plus every other chunk kind."""
+    cid = a.open("fuzz", protocol="p")
+    a.open("u", ordered=False, max_retransmits=0)
+    a.send(cid, b"m" * 3000)
+    a.send(cid, "text")
+    a.association.reset_streams([cid])
+    seeds = a.datagrams_to_send(0.0)
+    tag = b.association.tag
+    r = b.association.receiver
+    assert r is not None
+    more = [
+        c.SackChunk(r.cumulative, 1000, [(2, 3), (5, 9)], [r.cumulative]).encode(),
+        c.ForwardTsnChunk((r.cumulative + 3) % 2**32, [(0, 1), (2, 0)]).encode(),
+        c.ValueChunk(c.HEARTBEAT, 0, b"\x00\x01\x00\x08ping").encode(),
+        c.value_chunk(c.RECONFIG, [(c.PARAM_OUTGOING_RESET, bytes(12) + b"\x00\x02")]).encode(),
+        c.value_chunk(c.RECONFIG, [(c.PARAM_RECONFIG_RESPONSE, bytes(8))]).encode(),
+        c.ShutdownChunk(r.cumulative).encode(),
+        c.InitChunk(c.INIT, 7, 1 << 20, 10, 10, 99, [(c.PARAM_FORWARD_TSN_SUPPORTED, b"")]
+                    ).encode(),
+        c.value_chunk(c.ERROR, [(c.CAUSE_INVALID_STREAM, b"\x00\x01\x00\x00")]).encode(),
+        c.ValueChunk(c.COOKIE_ECHO, 0, b"c" * 65).encode(),
+        bytes([0xC5, 0, 0, 8, 1, 2, 3, 4]),
+    ]
+    seeds += [c.serialize_packet(5000, 5000, tag, [chunk]) for chunk in more]
+    return seeds
+
+
+def _rechecksum(packet: bytes) -> bytes:
+    """A mutant with its CRC32c made valid again, so it reaches the chunk parser."""
+    if len(packet) < 12:
+        return packet
+    body = packet[:8] + b"\x00\x00\x00\x00" + packet[12:]
+    return packet[:8] + crc32c(body).to_bytes(4, "little") + packet[12:]
+
+
+def test_sctp_packets() -> None:
+    a, b = _sctp_pair()
+    seeds = _sctp_seeds(a, b)
+
+    def cases() -> object:
+        for raw in byte_cases(seeds, scaled(20_000), 12):
+            with contextlib.suppress(c.ParseError):
+                c.parse_packet(_rechecksum(raw))
+            yield
+
+    run(cases())
+
+
+def test_sctp_association_takes_anything_a_peer_sends() -> None:
+    """Mutants reach an established association: it must not raise, must answer a
+    protocol breach with ABORT, and its held data stays within the window."""
+    template = _sctp_pair()
+    seeds = _sctp_seeds(*copy.deepcopy(template))
+    aborted = {"n": 0}
+
+    def cases() -> object:
+        b = copy.deepcopy(template[1])
+        now = 0.0
+        for raw in byte_cases(seeds, scaled(20_000), 13):
+            now += 0.001
+            b.receive_datagram(_rechecksum(raw), now)
+            b.handle_timer(now)
+            b.datagrams_to_send(now)
+            while (event := b.next_event()) is not None:
+                if isinstance(event, Ended):
+                    aborted["n"] += 1
+            receiver = b.association.receiver
+            assert receiver is None or receiver.held_bytes <= 256 * 1024 + 64 * 1024
+            if b.association.state != ESTABLISHED:
+                b = copy.deepcopy(template[1])
+            yield
+
+    run(cases())
+    assert aborted["n"] > 100  # breaches were seen and answered
