@@ -140,6 +140,7 @@ class Dialer:
                                     ConnectError(f"admission failed: {error}"))
 
         pump = ControlPump(machine, on_event)
+        assert peer.control is not None  # opened by offer()
         pump.attach(peer.control)
         try:
             await ready

@@ -1,7 +1,7 @@
 """Packetization-layer path MTU discovery for SCTP over DTLS (RFC 8899), sans-I/O.
 
 Owns the search for the largest SCTP packet a path carries, and the wire
-format of the capability and the probe; fastpath.py sends and receives them.
+format of the capability and the probe; mesh/proto/sctp/pathmtu.py drives them.
 
 Wire format:
 

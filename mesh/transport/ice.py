@@ -5,24 +5,28 @@
   connection uses one STUN and one TURN server: TURN over UDP when the server
   answers STUN over UDP (``udp_reachable``, a 1 s probe, cached 30 s), TURN
   over TCP when it does not. Never aiortc's default public STUN server.
-- ``gather_on``: host candidates only on the given addresses (for tests on one
-  machine, ``127.0.0.1``; aioice leaves loopback out by default).
+- ``IceConnection``: aioice's connection through its public hooks: host
+  candidates only on the addresses asked for (tests on one machine gather on
+  ``127.0.0.1``, which aioice leaves out by default) and every datagram that is
+  not STUN handed straight to the data plane instead of aioice's queue.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aioice.ice
+import aioice
 
 from mesh.proto.names import parse_ice_url
 
 from .settings import IceSettings
 from .stunclient import answers
 
-__all__ = ["IcePlan", "IceServer", "IceSettings", "gather_on", "ice_plan", "udp_reachable"]
+__all__ = ["IceConnection", "IcePlan", "IceServer", "IceSettings", "ice_plan",
+           "udp_reachable"]
 
 
 @dataclass(frozen=True)
@@ -99,21 +103,33 @@ async def udp_reachable(plan: IcePlan) -> bool:
     return ok
 
 
-_stock_get_host_addresses = aioice.ice.get_host_addresses
-_host_addresses_wanted: tuple[str, ...] | None = None
+class IceConnection(aioice.Connection):
+    """An aioice connection that gathers on ``addresses`` (None: aioice's choice) and
+    hands each datagram that is not STUN to ``sink``; ``on_close`` runs once when it
+    closes (consent to send expired, or closed here)."""
 
+    def __init__(self, *, addresses: tuple[str, ...] | None, sink: Callable[[bytes], None],
+                 on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mesh_addresses = addresses
+        self.mesh_sink = sink
+        self.mesh_on_close: Callable[[], None] | None = on_close
 
-def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    if _host_addresses_wanted is None:
-        return list(_stock_get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
-    return list(_host_addresses_wanted)
+    async def get_component_candidates(self, component: int, addresses: list[str],
+                                       timeout: int = 5) -> list[aioice.Candidate]:
+        if addresses and self.mesh_addresses is not None:  # none at all: relay only
+            addresses = list(self.mesh_addresses)
+        result: list[aioice.Candidate] = await super().get_component_candidates(
+            component, addresses, timeout)
+        return result
 
+    def data_received(self, data: bytes, component: int) -> None:
+        self.mesh_sink(data)
 
-aioice.ice.get_host_addresses = _host_addresses
-
-
-def gather_on(addresses: tuple[str, ...] | None) -> None:
-    """Host candidates on ``addresses`` only (None: aioice's choice), process-wide:
-    aioice takes no per-connection setting, so every ``Peer`` sets this for its own."""
-    global _host_addresses_wanted
-    _host_addresses_wanted = addresses
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            callback, self.mesh_on_close = self.mesh_on_close, None
+            if callback is not None:
+                callback()

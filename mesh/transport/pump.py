@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from aiortc import RTCDataChannel
-from aiortc.exceptions import InvalidStateError
-
 from mesh.proto import control
+
+from .channel import Channel
 
 
 class ControlPump:
@@ -24,7 +23,7 @@ class ControlPump:
         self.machine = machine
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
-        self._channel: RTCDataChannel | None = None
+        self._channel: Channel | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -32,7 +31,7 @@ class ControlPump:
     def now(self) -> float:
         return self._loop.time()
 
-    def attach(self, channel: RTCDataChannel) -> None:
+    def attach(self, channel: Channel) -> None:
         """The control channel is there: take its messages (the sharer challenges now)."""
         self._channel = channel
         channel.on("message", self.receive)
@@ -47,7 +46,7 @@ class ControlPump:
         channel = self._channel
         for text in self.machine.messages_to_send():
             if channel is not None and channel.readyState == "open":
-                with contextlib.suppress(InvalidStateError, ConnectionError, ValueError):
+                with contextlib.suppress(ConnectionError, ValueError):
                     channel.send(text)
         while (event := self.machine.next_event()) is not None:
             self._on_event(event)

@@ -31,11 +31,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aiortc import RTCDataChannel
-from aiortc.exceptions import InvalidStateError
-
 from mesh.errors import ProtocolError
 from mesh.proto import stream as sp
+
+from .channel import Channel
 
 log = logging.getLogger("mesh.tunnel")
 
@@ -125,7 +124,7 @@ class Counters:
 class Stream:
     """One tunnelled connection on one data channel."""
 
-    def __init__(self, channel: RTCDataChannel, counters: Counters,
+    def __init__(self, channel: Channel, counters: Counters,
                  on_end: Callable[[], None] | None = None) -> None:
         self.channel = channel
         self._on_end = on_end
@@ -204,7 +203,7 @@ class Stream:
             return False
         try:
             self.channel.send(data)
-        except (InvalidStateError, ValueError, ConnectionError):
+        except (ValueError, ConnectionError):
             return False
         return True
 

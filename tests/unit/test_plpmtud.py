@@ -7,6 +7,7 @@ from aiortc.rtcsctptransport import HeartbeatChunk, parse_packet
 
 from mesh.proto import plpmtud
 from mesh.proto.plpmtud import BASE, MAX_PROBES, Search
+from mesh.proto.sctp import chunks as c
 
 
 @pytest.mark.parametrize("size", [1400, 4096, 8192, 16384])
@@ -20,6 +21,9 @@ def test_probe_is_exactly_the_size_and_a_stock_parser_sees_only_the_heartbeat(si
     assert [type(c) for c in chunks] == [HeartbeatChunk]
     assert chunks[0].params == [(plpmtud.HB_INFO, info)]
     assert info[:4] == b"MPLP" and int.from_bytes(info[4:8], "big") == size
+    # and mesh's own codec reads the HEARTBEAT and the PAD chunk
+    _, _, _, ours = c.parse_packet(packet)
+    assert [x.kind for x in ours] == [c.HEARTBEAT, c.PAD]
 
 
 def test_probe_sizes_that_cannot_be_built_are_refused() -> None:
@@ -41,7 +45,7 @@ def test_capability_round_trip_and_hostile_values() -> None:
 
 
 def test_user_data_fits_the_packet() -> None:
-    assert plpmtud.user_data_max(BASE) == 1160  # aiortc's USERDATA_MAX_LENGTH
+    assert plpmtud.user_data_max(BASE) == 1160  # aiortc's USERDATA_MAX_LENGTH too
     for size in plpmtud.CANDIDATES:
         n = plpmtud.user_data_max(size)
         assert n % 4 == 0 and 12 + 16 + n <= size

@@ -295,7 +295,8 @@ class Association:
         elif kind == c.ABORT:
             causes = c.parse_params(chunk.value, 0) if len(chunk.value) >= 4 else []
             text = causes[0][1][:200].decode("utf-8", "replace") if causes else ""
-            self._close(f"the peer aborted the association{': ' + text if text else ''}")
+            self._close(f"the peer aborted the association{': ' + text if text else ''}",
+                        by_peer=True)
             return False
         elif kind == c.SHUTDOWN_ACK:
             self._control.append(c.ValueChunk(c.SHUTDOWN_COMPLETE, 0, b"").encode())
@@ -303,7 +304,7 @@ class Association:
             return False
         elif kind == c.SHUTDOWN_COMPLETE:
             if self.state == SHUTDOWN_ACK_SENT:
-                self._close("shut down by the peer")
+                self._close("shut down by the peer", by_peer=True)
             return False
         elif kind == c.RECONFIG and self.state == ESTABLISHED and self.receiver is not None:
             control, events = self.resets.receive(c.parse_params(chunk.value, 0),
@@ -419,7 +420,7 @@ class Association:
     def _packet(self, chunks: list[bytes]) -> bytes:
         return c.serialize_packet(self.port, self.remote_port, self.peer_tag, chunks)
 
-    def _close(self, reason: str) -> None:
+    def _close(self, reason: str, by_peer: bool = False) -> None:
         if self._over:
             return
         self._over = True
@@ -429,4 +430,4 @@ class Association:
             self._pmtu.stop()
         self.sender.t3 = None
         self.resets.retry_at = None
-        self._events.append(Closed(reason))
+        self._events.append(Closed(reason, by_peer))

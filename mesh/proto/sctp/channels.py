@@ -92,8 +92,9 @@ class Low:
 class Ended:
     """The association ended; every channel is closed."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, by_peer: bool = False) -> None:
         self.reason = reason
+        self.by_peer = by_peer
 
 
 Event = Ready | Opened | Message | ChannelClosed | Low | PacketSize | Ended
@@ -115,11 +116,11 @@ def encode_open(label: str, protocol: str, ordered: bool, max_retransmits: int |
 class DataChannels:
     def __init__(self, *, client: bool, now: float, discover: bool = True,
                  max_message: int = 256 * 1024, window: int = 4 * 1024 * 1024,
-                 initial_tsn: int | None = None) -> None:
+                 initial_tsn: int | None = None, remote_port: int = 5000) -> None:
         self.client = client
         self.association = Association(client=client, now=now, discover=discover,
                                        max_message=max_message, window=window,
-                                       initial_tsn=initial_tsn)
+                                       initial_tsn=initial_tsn, remote_port=remote_port)
         self.channels: dict[int, Channel] = {}
         self.ready = False
         self._next_id = 0 if client else 1
@@ -221,7 +222,7 @@ class DataChannels:
             for cid in list(self.channels):
                 self._events.append(ChannelClosed(cid))
             self.channels.clear()
-            self._events.append(Ended(event.reason))
+            self._events.append(Ended(event.reason, event.by_peer))
 
     def _deliver(self, sid: int, ppid: int, data: bytes) -> None:
         if ppid == PPID_DCEP:

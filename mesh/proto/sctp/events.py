@@ -38,8 +38,10 @@ class PacketSize:
 
 
 class Closed:
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, by_peer: bool = False) -> None:
         self.reason = reason
+        self.by_peer = by_peer
+        """The peer ended it (ABORT or SHUTDOWN), rather than a failure or our close."""
 
 
 Event = Established | Delivered | StreamsReset | BufferedLow | PacketSize | Closed

@@ -1,0 +1,71 @@
+# Private state of aioice and aiortc, which their type hints do not describe:
+# mypy: disable-error-code="attr-defined,no-any-return"
+"""Every private name of aiortc and aioice that mesh touches, and nothing else.
+
+The data plane uses their public API wherever there is one: aioice's
+``Connection`` (subclassed through its public hooks ``get_component_candidates``
+and ``data_received``) and aiortc's ``RTCCertificate``, ``RTCDtlsTransport``
+(``start``, ``stop``, ``state``) and ``RTCDtlsParameters``. What is left is
+listed here, each with why, and tests/unit/test_private.py fails as soon as an
+upstream release changes one of them:
+
+- ``Connection._nominated``: the candidate pair ICE selected (aioice has no
+  public accessor); the data plane sends on it, reads its socket, and reports it.
+- ``RTCDtlsTransport._ssl``: the OpenSSL session after the handshake, so records
+  are sealed and opened here, whole, on the hot path (aiortc's own reader
+  truncates them at 1500 bytes).
+- The ICE transport an ``RTCDtlsTransport`` is given is duck-typed: it calls
+  ``transport._recv()`` and ``transport._send(data)`` and reads
+  ``transport.role``. mesh passes its own adapter (mesh/transport/dtls.py).
+- ``TurnTransport.__inner_protocol`` and its ``peer_to_channel``,
+  ``channel_to_peer``, ``channel_refresh_at``, ``peer_connect_waiters``,
+  ``transport``: to send a relayed datagram as TURN ChannelData at once, as
+  aioice itself would, instead of aioice spawning a task per datagram (and to
+  read ChannelData in batches, wire.py); aioice's path is used whenever it has
+  work to do first (a channel to bind or refresh).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aioice import Connection
+from aioice.ice import CandidatePair
+from aiortc import RTCDtlsTransport
+from OpenSSL import SSL
+
+CHANNEL_MARGIN = 5.0
+"""Seconds before a TURN channel binding is due for refresh from which aioice's
+path is taken instead (it refreshes the binding)."""
+
+
+def nominated_pair(connection: Connection) -> CandidatePair | None:
+    return connection._nominated.get(1)
+
+
+def dtls_session(transport: RTCDtlsTransport) -> SSL.Connection:
+    session = transport._ssl
+    assert session is not None, "the DTLS handshake has not started"
+    return session
+
+
+def turn_client(transport: Any) -> Any | None:
+    """The TURN client protocol under a relayed candidate's transport, or None for a
+    host candidate's plain UDP transport."""
+    return getattr(transport, "_TurnTransport__inner_protocol", None)
+
+
+def turn_channel(client: Any, addr: tuple[str, int]) -> int | None:
+    """The channel bound to ``addr`` if a datagram may go out on it right now."""
+    channel = client.peer_to_channel.get(addr)
+    if channel is None or addr in client.peer_connect_waiters:
+        return None
+    if time.time() + CHANNEL_MARGIN > client.channel_refresh_at.get(channel, 0):
+        return None
+    return channel
+
+
+def turn_socket_transport(client: Any) -> Any:
+    """The asyncio transport to the TURN server (UDP datagram or TCP stream)."""
+    return client.transport

@@ -1,0 +1,81 @@
+"""A data channel as the layers above see it (the shape of the browser's RTCDataChannel).
+
+``label``, ``id``, ``ordered``, ``readyState`` (``connecting``, ``open``,
+``closing``, ``closed``), ``bufferedAmount`` and
+``bufferedAmountLowThreshold``; ``send(bytes | str)`` and ``close()``; and the
+events ``open``, ``message``, ``close`` and ``bufferedamountlow`` through
+``on``/``remove_listener``. The channel itself only keeps that state: the
+data plane (datapath.py) moves its messages through the SCTP core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .datapath import DataPath
+
+
+class ChannelClosedError(ConnectionError):
+    """The channel is not open (it is still connecting, or it has closed)."""
+
+
+class Channel:
+    def __init__(self, path: DataPath, label: str, *, protocol: str = "", ordered: bool = True,
+                 max_retransmits: int | None = None,
+                 max_packet_life_time: float | None = None) -> None:
+        self._path = path
+        self.label = label
+        self.protocol = protocol
+        self.ordered = ordered
+        self.max_retransmits = max_retransmits
+        self.max_packet_life_time = max_packet_life_time
+        """Seconds a message may be retried before it is abandoned."""
+        self.id: int | None = None
+        self.readyState = "connecting"
+        self._threshold = 0
+        self._listeners: dict[str, list[Callable[..., Any]]] = {}
+
+    # -- state ----------------------------------------------------------------------
+    @property
+    def bufferedAmount(self) -> int:
+        return self._path.buffered(self)
+
+    @property
+    def bufferedAmountLowThreshold(self) -> int:
+        return self._threshold
+
+    @bufferedAmountLowThreshold.setter
+    def bufferedAmountLowThreshold(self, value: int) -> None:
+        if value < 0:
+            raise ValueError("the threshold cannot be negative")
+        self._threshold = value
+        self._path.set_threshold(self, value)
+
+    # -- actions --------------------------------------------------------------------
+    def send(self, data: bytes | str) -> None:
+        if self.readyState != "open":
+            raise ChannelClosedError(f"the data channel {self.label!r} is {self.readyState}")
+        self._path.send(self, data)
+
+    def close(self) -> None:
+        if self.readyState in ("closing", "closed"):
+            return
+        self._path.close_channel(self)
+
+    # -- events ---------------------------------------------------------------------
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        self._listeners.setdefault(event, []).append(callback)
+
+    def remove_listener(self, event: str, callback: Callable[..., Any]) -> None:
+        listeners = self._listeners.get(event)
+        if listeners and callback in listeners:
+            listeners.remove(callback)
+
+    def emit(self, event: str, *args: Any) -> None:
+        for callback in list(self._listeners.get(event, ())):
+            callback(*args)
+
+    def __repr__(self) -> str:
+        return f"Channel({self.label!r}, id={self.id}, {self.readyState})"

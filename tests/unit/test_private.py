@@ -1,0 +1,72 @@
+"""The canary for mesh/transport/_private.py: every private name of aioice and aiortc
+mesh touches still exists with the shape mesh relies on. A release that renames or
+reshapes one fails here, by name, instead of silently in the data plane."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import aioice
+from aioice.ice import CandidatePair, StunProtocol
+from aioice.turn import TurnClientMixin, TurnClientUdpProtocol, TurnTransport
+from aiortc import RTCCertificate, RTCDtlsTransport
+
+from mesh.transport import _private
+from mesh.transport.dtls import _IceAdapter
+
+
+def test_aioice_connection_hooks_and_selected_pair() -> None:
+    async def check() -> None:
+        connection = aioice.Connection(ice_controlling=True)
+        assert connection._nominated == {}  # a dict of component -> CandidatePair
+        assert _private.nominated_pair(connection) is None
+        await connection.close()
+    asyncio.run(check())
+    hooks = inspect.signature(aioice.Connection.get_component_candidates).parameters
+    assert list(hooks)[:3] == ["self", "component", "addresses"]
+    assert list(inspect.signature(aioice.Connection.data_received).parameters) == [
+        "self", "data", "component"]
+    # gather_candidates still calls the hook, and the StUN protocol still hands
+    # whatever is not STUN to data_received
+    assert "self.get_component_candidates(" in inspect.getsource(
+        aioice.Connection.gather_candidates)
+    assert "self.receiver.data_received(" in inspect.getsource(
+        StunProtocol.datagram_received)
+    for name in ("protocol", "remote_candidate"):
+        assert name in inspect.getsource(CandidatePair.__init__)
+    for name in ("remote_addr", "local_candidate"):
+        assert isinstance(getattr(CandidatePair, name), property)
+
+
+def test_aiortc_dtls_transport_reads_the_duck_typed_ice_transport() -> None:
+    source = inspect.getsource(RTCDtlsTransport)
+    assert "self.transport._recv()" in source
+    assert "self.transport._send(" in source
+    assert "self.transport.role" in source
+    for method in ("_recv", "_send"):
+        assert inspect.iscoroutinefunction(getattr(_IceAdapter, method))
+
+    async def check() -> None:
+        adapter = _IceAdapter(True, lambda data: None)
+        transport = RTCDtlsTransport(adapter, [RTCCertificate.generateCertificate()])  # type: ignore[arg-type]
+        assert transport._ssl is None  # set by start(): the session the records use
+        assert transport.state == "new"
+    asyncio.run(check())
+
+
+def test_aioice_turn_client_state() -> None:
+    assert "self.__inner_protocol = inner_protocol" in inspect.getsource(TurnTransport.__init__)
+    client = TurnClientUdpProtocol(("127.0.0.1", 3478), "u", "p", 600, 300)
+    for name in ("peer_to_channel", "channel_to_peer", "channel_refresh_at",
+                 "peer_connect_waiters"):
+        assert isinstance(getattr(client, name), dict), name
+    assert _private.turn_channel(client, ("127.0.0.1", 1)) is None
+    client.peer_to_channel[("127.0.0.1", 1)] = 0x4000
+    client.channel_refresh_at[0x4000] = 0.0  # due: aioice's path refreshes it
+    assert _private.turn_channel(client, ("127.0.0.1", 1)) is None
+    client.channel_refresh_at[0x4000] = float("inf")
+    assert _private.turn_channel(client, ("127.0.0.1", 1)) == 0x4000
+    assert hasattr(TurnClientMixin, "datagram_received")
+    assert _private.turn_client(TurnTransport(client)) is client
+    assert _private.turn_client(object()) is None
