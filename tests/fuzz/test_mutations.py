@@ -19,7 +19,7 @@ from google_crc32c import value as crc32c
 
 from mesh.errors import MeshError, ProtocolError, TicketError
 from mesh.http.policy import head_problem
-from mesh.proto import admission, advert, control, stun
+from mesh.proto import admission, advert, control, sdp, stun
 from mesh.proto import frames as sp
 from mesh.proto import stream as streamproto
 from mesh.proto import ticket as tk
@@ -338,3 +338,18 @@ def test_sctp_association_takes_anything_a_peer_sends() -> None:
 
     run(cases())
     assert aborted["n"] > 100  # breaches were seen and answered
+
+
+def test_session_descriptions() -> None:
+    from tests.unit.test_sdp import CHROME_OFFER, desc
+
+    seeds = [sdp.build(desc()).encode(), CHROME_OFFER.encode()]
+
+    def cases() -> object:
+        for raw in byte_cases(seeds, scaled(10_000), 14):
+            with contextlib.suppress(sdp.SdpError):
+                got = sdp.parse(raw.decode("utf-8", "replace"))
+                assert got.fingerprints and len(got.candidates) <= sdp.MAX_CANDIDATES
+            yield
+
+    run(cases())
