@@ -188,6 +188,10 @@ class Receiver:
             return
         self.delivered.append(message)
         stream.next_ssn = (ssn + 1) % 65536
+        self._release(stream)
+
+    def _release(self, stream: _InStream) -> None:
+        """Deliver the held messages that are next in order."""
         while stream.next_ssn in stream.held:
             held = stream.held.pop(stream.next_ssn)
             self.held_bytes -= len(held.data)
@@ -219,11 +223,7 @@ class Receiver:
                 for skipped in [s for s in stream.held if ((ssn - s) % 65536) < 32768]:
                     self.held_bytes -= len(stream.held.pop(skipped).data)
                 stream.next_ssn = (ssn + 1) % 65536
-                while stream.next_ssn in stream.held:
-                    held = stream.held.pop(stream.next_ssn)
-                    self.held_bytes -= len(held.data)
-                    self.delivered.append(held)
-                    stream.next_ssn = (stream.next_ssn + 1) % 65536
+                self._release(stream)
 
     def _drop_runs(self, new_cumulative: int) -> None:
         """Drop partial messages missing a TSN the sender abandoned (RFC 3758 3.6)."""

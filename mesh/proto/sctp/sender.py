@@ -251,21 +251,16 @@ class Sender:
         acked = 0
         cum_advanced = cum != self.cumulative
         sample: InFlight | None = None
-        """The latest chunk newly acknowledged that was sent once (Karn's rule) and is
-        not an abandoned one acknowledged by FORWARD-TSN: the RTT sample."""
+        """The latest chunk newly acknowledged that was sent once (Karn's rule): the RTT
+        sample, unless it was abandoned (acknowledged by FORWARD-TSN, not by arriving)."""
         first_tsn = flight[head].tsn if head < len(flight) else self.next_tsn
         if not after(first_tsn, cum):
             count = min((cum - first_tsn) % MOD + 1, len(flight) - head)
             for i in range(head, head + count):
                 chunk = flight[i]
                 if not chunk.acked:
-                    if chunk.sent_count == 1 and not chunk.message.abandoned:
-                        sample = chunk
-                    chunk.acked = True
-                    acked += chunk.size
-                    if chunk.in_flight:
-                        chunk.in_flight = False
-                        self.flight_size -= chunk.size
+                    sample = chunk if chunk.sent_count == 1 else sample
+                    acked += self._ack(chunk)
             head += count
         self.cumulative = cum
         if after(cum, self.advanced):
@@ -280,16 +275,11 @@ class Sender:
                         break
                     chunk = flight[index]
                     if not chunk.acked:
-                        if chunk.sent_count == 1 and not chunk.message.abandoned:
-                            sample = chunk
-                        chunk.acked = True
-                        acked += chunk.size
-                        if chunk.in_flight:
-                            chunk.in_flight = False
-                            self.flight_size -= chunk.size
+                        sample = chunk if chunk.sent_count == 1 else sample
+                        acked += self._ack(chunk)
                         highest_new = chunk.tsn
             self._misses(head, highest_new, now)
-        if sample is not None:
+        if sample is not None and not sample.message.abandoned:
             self._measure(now - sample.sent_time)
         if head > 512 and head * 2 > len(flight):
             del flight[:head]
@@ -304,6 +294,14 @@ class Sender:
         elif cum_advanced:
             self.t3 = now + self.rto
         self._forward()
+
+    def _ack(self, chunk: InFlight) -> int:
+        """Mark ``chunk`` acknowledged; the bytes it newly acknowledges."""
+        chunk.acked = True
+        if chunk.in_flight:
+            chunk.in_flight = False
+            self.flight_size -= chunk.size
+        return chunk.size
 
     def _measure(self, rtt: float) -> None:
         if self.srtt is None:
