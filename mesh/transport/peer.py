@@ -163,7 +163,16 @@ class Peer:
     # -- connecting -----------------------------------------------------------------
     def _begin(self, remote: sdp.Description, server: bool) -> None:
         self._set_state("connecting")
-        self._task = asyncio.create_task(self._run(remote, server))
+        self._task = asyncio.create_task(self._run_guarded(remote, server))
+
+    async def _run_guarded(self, remote: sdp.Description, server: bool) -> None:
+        """A failure nobody foresaw fails the attempt at once (the link machine retries)
+        instead of leaving it "connecting" until the caller's timeout."""
+        try:
+            await self._run(remote, server)
+        except Exception as exc:
+            log.warning("peer connection failed: %r", exc)
+            self._set_state("failed")
 
     async def _run(self, remote: sdp.Description, server: bool) -> None:
         connection = self._connection
