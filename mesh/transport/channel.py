@@ -6,15 +6,28 @@
 events ``open``, ``message``, ``close`` and ``bufferedamountlow`` through
 ``on``/``remove_listener``. The channel itself only keeps that state: the
 data plane (datapath.py) moves its messages through the SCTP core.
+
+Messages that arrive while nobody listens for ``message`` (the peer answered
+before the code that opened the channel got round to listening: a loop turn
+is enough) are held, up to ``HELD_MAX`` bytes, and handed in order to the
+first listener, one loop turn after it registers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .datapath import DataPath
+
+log = logging.getLogger("mesh.channel")
+
+HELD_MAX = 1 << 20
+"""Bytes of messages held for a channel with no ``message`` listener yet."""
 
 
 class ChannelClosedError(ConnectionError):
@@ -36,6 +49,9 @@ class Channel:
         self.readyState = "connecting"
         self._threshold = 0
         self._listeners: dict[str, list[Callable[..., Any]]] = {}
+        self._held: deque[bytes | str] = deque()
+        self._held_bytes = 0
+        self._releasing = False
 
     # -- state ----------------------------------------------------------------------
     @property
@@ -67,6 +83,9 @@ class Channel:
     # -- events ---------------------------------------------------------------------
     def on(self, event: str, callback: Callable[..., Any]) -> None:
         self._listeners.setdefault(event, []).append(callback)
+        if event == "message" and self._held and not self._releasing:
+            self._releasing = True
+            asyncio.get_running_loop().call_soon(self._release)
 
     def remove_listener(self, event: str, callback: Callable[..., Any]) -> None:
         listeners = self._listeners.get(event)
@@ -74,8 +93,33 @@ class Channel:
             listeners.remove(callback)
 
     def emit(self, event: str, *args: Any) -> None:
+        if event == "message" and (self._held or not self._listeners.get("message")):
+            self._hold(args[0])
+            return
         for callback in list(self._listeners.get(event, ())):
             callback(*args)
+
+    def _hold(self, message: bytes | str) -> None:
+        size = len(message)
+        if self._held_bytes + size > HELD_MAX:
+            log.warning("data channel %r: nobody reads it; a %d-byte message dropped",
+                        self.label, size)
+            return
+        self._held.append(message)
+        self._held_bytes += size
+
+    def _release(self) -> None:
+        """Hand the held messages, oldest first, to whoever listens now."""
+        self._releasing = False
+        held = self._held
+        while held and (listeners := self._listeners.get("message")):
+            message = held.popleft()
+            self._held_bytes -= len(message)
+            for callback in list(listeners):
+                try:
+                    callback(message)
+                except Exception as exc:  # as DataPath._emit: a listener's bug stays its own
+                    log.error("data channel %r: message listener failed: %r", self.label, exc)
 
     def __repr__(self) -> str:
         return f"Channel({self.label!r}, id={self.id}, {self.readyState})"
