@@ -153,10 +153,12 @@ async def test_rate_limit(server: tuple[Proc, str]) -> None:
         a, _ = await register(http, url)
         for _ in range(400):
             await a.send_str(p.encode(p.Ping()))
-        codes = []
-        for _ in range(400):
-            codes.append((await recv(a))["type"])
-        assert "error" in codes and "pong" in codes
+        # Pongs within the burst, then rate-limit errors. Not one reply per ping: a
+        # client that floods faster than its replies drain has the overflow of its
+        # own outbox dropped (the server never queues without bound for it).
+        codes: set[str] = set()
+        while not {"error", "pong"} <= codes:
+            codes.add((await recv(a))["type"])
         await still_serves(http, url)
 
 
