@@ -120,8 +120,8 @@ class Association:
                     data_seen = True
                 if not self._chunk(chunk, now):
                     break
-        except (Violation, c.ParseError) as exc:
-            self.abort(str(exc), c.CAUSE_PROTOCOL_VIOLATION)
+        except (Violation, c.ParseError) as broken:  # (not "exc": mypyc gives a name
+            self.abort(str(broken), c.CAUSE_PROTOCOL_VIOLATION)  # one type per function)
             return
         receiver = self.receiver
         if receiver is None:
