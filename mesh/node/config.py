@@ -24,7 +24,8 @@ from . import environ
 
 def ice_from_env() -> IceSettings:
     return IceSettings(host_addresses=environ.ice_addresses(),
-                       plpmtud=environ.plpmtud_enabled())
+                       plpmtud=environ.plpmtud_enabled(),
+                       udp_offload=environ.udp_offload_enabled())
 
 
 def _positive(obj: object, *fields: str, zero_ok: bool = False) -> None:

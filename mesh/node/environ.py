@@ -48,6 +48,10 @@ def plpmtud_enabled() -> bool:
     return _flag("MESH_PLPMTUD")
 
 
+def udp_offload_enabled() -> bool:
+    return _flag("MESH_UDP_OFFLOAD")
+
+
 def ice_addresses() -> tuple[str, ...] | None:
     """The addresses ICE may gather host candidates on; None: all but loopback."""
     text = os.environ.get("MESH_ICE_ADDRESSES", "").strip()

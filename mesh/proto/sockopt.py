@@ -48,3 +48,37 @@ def prepare_datagram_socket(sock: socket.socket) -> bool:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER)
     return True
+
+
+# -- UDP segmentation offload (Linux): many equal datagrams in one system call -----------
+SOL_UDP = 17
+UDP_SEGMENT, UDP_GRO = 103, 104  # Linux <linux/udp.h>
+GSO_MAX_BYTES = 65000
+"""Payload bytes per sendmsg (the kernel's limit is 64 KiB less the headers)."""
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_SEGMENT = 2048
+"""Larger datagrams go one per call: measured on loopback, 16 KiB packets moved
+400 MB/s one by one and 310 MB/s in runs; 1189-byte packets cost the sender
+about a quarter less CPU in runs (benchmarks/cpu.py, MESH_UDP_OFFLOAD=on/off)."""
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    """Whether ``sendmsg`` may carry a ``UDP_SEGMENT`` size on this socket (Linux 4.18+)."""
+    if not sys.platform.startswith("linux") or sock.type != socket.SOCK_DGRAM:
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # 0: no default size, per call only
+    except OSError:
+        return False
+    return True
+
+
+def set_gro(sock: socket.socket, on: bool) -> bool:
+    """Let the kernel hand over runs of datagrams as one buffer (Linux 5.0+)."""
+    if not sys.platform.startswith("linux") or sock.type != socket.SOCK_DGRAM:
+        return False
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1 if on else 0)
+    except OSError:
+        return False
+    return True

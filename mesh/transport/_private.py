@@ -17,6 +17,12 @@ upstream release changes one of them:
 - The ICE transport an ``RTCDtlsTransport`` is given is duck-typed: it calls
   ``transport._recv()`` and ``transport._send(data)`` and reads
   ``transport.role``. mesh passes its own adapter (mesh/transport/dtls.py).
+- pyOpenSSL's ``Connection._ssl``, ``_into_ssl`` and ``_from_ssl`` (the
+  ``SSL*`` and its two memory BIOs) and its cffi binding ``OpenSSL._util``
+  (``ffi``, ``lib``): each record is sealed and opened with one direct
+  ``SSL_write``/``BIO_read`` or ``BIO_write``/``SSL_read`` call on the same
+  session, 1.7 us a record instead of pyOpenSSL's 5.1 (sealing) and 3.5
+  (opening), measured on this machine at 1400 bytes.
 - ``TurnTransport.__inner_protocol`` and its ``peer_to_channel``,
   ``channel_to_peer``, ``channel_refresh_at``, ``peer_connect_waiters``,
   ``transport``: to send a relayed datagram as TURN ChannelData at once, as
@@ -48,6 +54,13 @@ def dtls_session(transport: RTCDtlsTransport) -> SSL.Connection:
     session = transport._ssl
     assert session is not None, "the DTLS handshake has not started"
     return session
+
+
+def openssl(session: SSL.Connection) -> tuple[Any, Any, Any, Any, Any]:
+    """``(ffi, lib, SSL*, BIO* into the session, BIO* out of it)``."""
+    from OpenSSL._util import ffi, lib
+
+    return ffi, lib, session._ssl, session._into_ssl, session._from_ssl
 
 
 def turn_client(transport: Any) -> Any | None:

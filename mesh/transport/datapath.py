@@ -33,7 +33,7 @@ class DataPath:
         self._loop = asyncio.get_running_loop()
         self._core: ch.DataChannels | None = None
         self._records: Records | None = None
-        self._send: Callable[[bytes], None] = _nowhere
+        self._send: Callable[[list[bytes]], None] = _nowhere
         self.peer_max_message = 0
         """The peer's a=max-message-size; 0: no limit."""
         self._on_channel = on_channel
@@ -61,8 +61,10 @@ class DataPath:
 
     # -- driving ----------------------------------------------------------------------
     def start(self, *, client: bool, discover: bool, records: Records,
-              send: Callable[[bytes], None], remote_port: int, peer_max_message: int) -> None:
-        """DTLS is up: run the association (channels opened so far open with it)."""
+              send: Callable[[list[bytes]], None], remote_port: int,
+              peer_max_message: int) -> None:
+        """DTLS is up: run the association (channels opened so far open with it).
+        ``send`` takes each flush's records together (wire.py batches them)."""
         self._core = ch.DataChannels(client=client, now=self._loop.time(), discover=discover,
                                      remote_port=remote_port)
         self._records, self._send = records, send
@@ -79,11 +81,13 @@ class DataPath:
         if records is None or self.ended is not None or not 19 < datagram[0] < 64:
             return  # mesh negotiates no media: anything but DTLS is dropped
         plain = records.open(datagram)
-        if plain is None:
-            if records.closed:
-                self._end("the peer closed the connection", by_peer=True)
+        if records.closed:
+            self._end("the peer closed the connection", by_peer=True)
             return
-        self.core.receive_datagram(plain, self._loop.time())
+        if plain:
+            now = self._loop.time()
+            for packet in plain:
+                self.core.receive_datagram(packet, now)
 
     def later(self) -> None:
         """Flush at the end of this loop turn (once, however often asked)."""
@@ -101,10 +105,10 @@ class DataPath:
         seal = records.seal
         now = self._loop.time()
         for _ in range(4):  # events may queue more (a DCEP ACK, a channel's close)
-            for packet in core.datagrams_to_send(now):
-                if len(packet) > self.largest:
-                    self.largest = len(packet)
-                send(seal(packet))
+            packets = core.datagrams_to_send(now)
+            if packets:
+                self.largest = max(self.largest, *map(len, packets))
+                send([record for packet in packets if (record := seal(packet))])
             handled = False
             while (event := core.next_event()) is not None:
                 handled = True
@@ -259,5 +263,5 @@ class DataPath:
             log.error("data channel %r: %s listener failed: %r", channel.label, event, exc)
 
 
-def _nowhere(data: bytes) -> None:
+def _nowhere(data: list[bytes]) -> None:
     pass

@@ -9,8 +9,10 @@ that arrive while it runs.
 
 Once it is done, ``Records`` seals SCTP packets into records and opens
 records into SCTP packets on the same OpenSSL session, up to 16 KiB each
-(aiortc's reader stops at 1500 bytes), and aiortc's own reader is left idle
-until ``close`` sends close_notify through aiortc's ``stop``.
+(aiortc's reader stops at 1500 bytes), with direct calls into OpenSSL (the
+binding pyOpenSSL itself uses, _private.py), and aiortc's own reader is left
+idle until ``close`` sends close_notify through aiortc's ``stop``. A datagram
+may carry several records; each is opened.
 
 Roles: the DTLS server is whoever the descriptions made passive (the
 offerer, which says ``actpass`` and is answered ``active``); aiortc picks its
@@ -101,6 +103,9 @@ class Records:
     def __init__(self, session: SSL.Connection, backlog: list[bytes],
                  send: Callable[[bytes], None]) -> None:
         self._ssl = session
+        ffi, self._lib, self._session, self._into, self._out = _private.openssl(session)
+        self._buffer = ffi.new("char[]", MAX_RECORD)
+        self._view = ffi.buffer(self._buffer)
         self.backlog = backlog
         """Datagrams that arrived between the handshake's end and now."""
         self._send = send
@@ -108,25 +113,34 @@ class Records:
         """The peer sent close_notify."""
 
     def seal(self, packet: bytes) -> bytes:
-        ssl = self._ssl
-        ssl.send(packet)
-        return ssl.bio_read(MAX_RECORD)
+        """One record carrying ``packet``; empty once the session cannot write."""
+        lib = self._lib
+        if lib.SSL_write(self._session, packet, len(packet)) <= 0:
+            lib.ERR_clear_error()
+            return b""
+        n = lib.BIO_read(self._out, self._buffer, MAX_RECORD)
+        return self._view[:n] if n > 0 else b""
 
-    def open(self, record: bytes) -> bytes | None:
-        """The plaintext of ``record``; None if it carried none (a handshake
-        retransmission is answered here, an alert or garbage dropped)."""
-        ssl = self._ssl
-        try:
-            ssl.bio_write(record)
-            return ssl.recv(MAX_RECORD)
-        except SSL.WantReadError:
-            self._flush()
-            return None
-        except SSL.ZeroReturnError:
-            self.closed = True
-            return None
-        except SSL.Error:
-            return None
+    def open(self, datagram: bytes) -> list[bytes]:
+        """The plaintext of each record in ``datagram``; none for a handshake
+        retransmission (answered here), an alert, a replay or garbage."""
+        lib, session = self._lib, self._session
+        lib.BIO_write(self._into, datagram, len(datagram))
+        out: list[bytes] = []
+        while True:
+            n = lib.SSL_read(session, self._buffer, MAX_RECORD)
+            if n > 0:
+                out.append(self._view[:n])
+                continue
+            error = lib.SSL_get_error(session, n)
+            if error == lib.SSL_ERROR_ZERO_RETURN:
+                self.closed = True
+            elif error == lib.SSL_ERROR_WANT_READ:
+                if not out:
+                    self._flush()  # a handshake retransmission may need an answer
+            else:
+                lib.ERR_clear_error()
+            return out
 
     def _flush(self) -> None:
         with contextlib.suppress(SSL.Error):

@@ -203,10 +203,11 @@ class Peer:
             log.info("%s", exc)
             self._set_state("failed")
             return
-        wire = self._wire = Wire(pair, self._path.receive, self._path.flush)
+        wire = self._wire = Wire(pair, self._path.receive, self._path.flush,
+                                 offload=self._settings.udp_offload)
         discover = self._settings.plpmtud and wire.prepare()
         self._path.start(client=not server, discover=discover, records=records,
-                         send=wire.send, remote_port=remote.sctp_port,
+                         send=wire.send_many, remote_port=remote.sctp_port,
                          peer_max_message=remote.max_message_size)
         wire.take_over()
 

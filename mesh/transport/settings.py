@@ -15,3 +15,5 @@ class IceSettings:
     but loopback)."""
     plpmtud: bool = True
     """Path MTU discovery (RFC 8899) with peers that announce it."""
+    udp_offload: bool = True
+    """Linux UDP segmentation offload on the selected pair's socket (wire.py)."""

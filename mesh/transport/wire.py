@@ -12,7 +12,11 @@ calls ``done`` once, so the core takes one acknowledgement decision per batch.
 
 Sending: straight ``sendto`` on the socket; whenever the kernel buffer is
 full, or the transport already holds a backlog, the transport's own
-``sendto`` queues it, so order is kept. A relayed pair is framed as TURN
+``sendto`` queues it, so order is kept. ``send_many`` takes a turn's
+datagrams at once: on Linux, runs of equal size go out as one ``sendmsg``
+with UDP segmentation offload (mesh/proto/udpbatch.py), and the socket reads
+with UDP GRO, so a run arrives as one buffer, split here; where the kernel
+refuses either, datagrams go one by one as before. A relayed pair is framed as TURN
 ChannelData on the channel aioice bound (_private.py), falling back to
 aioice's path whenever aioice has a binding to make or refresh. TURN over
 TCP is left to aioice entirely.
@@ -28,7 +32,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from mesh.proto import sockopt
+from mesh.proto import sockopt, udpbatch
 
 from . import _private
 
@@ -38,7 +42,7 @@ MAX_DATAGRAM = 65536
 
 class Wire:
     def __init__(self, pair: Any, receive: Callable[[bytes], None],
-                 done: Callable[[], None]) -> None:
+                 done: Callable[[], None], offload: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._pair = pair
         self._receive = receive
@@ -59,6 +63,9 @@ class Wire:
                                        fileno=os.dup(self._raw.fileno()))
             self._sock.setblocking(False)
         self._connected = self._sock is not None and _connected(self._sock)
+        self._offload = offload
+        self._gso = False
+        self._gro = False
 
     # -- options --------------------------------------------------------------------
     def prepare(self) -> bool:
@@ -77,6 +84,10 @@ class Wire:
         if self._sock is None or self._fd is not None or self._outer.is_closing():
             return
         self._outer.pause_reading()
+        if self._offload:
+            self._gso = sockopt.gso_supported(self._sock) and (
+                self._turn is None or self._connected)
+            self._gro = sockopt.set_gro(self._sock, True)
         fd = self._sock.fileno()
         self._loop.add_reader(fd, self._readable)
         self._fd = fd
@@ -85,36 +96,89 @@ class Wire:
         sock = self._sock
         if sock is None:
             return
-        receive = self._receive
-        turn = self._turn
+        gro = self._gro
         for _ in range(BATCH):
             try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
+                if gro:
+                    data, ancillary, _flags, addr = sock.recvmsg(MAX_DATAGRAM, _GRO_SPACE)
+                else:
+                    data, addr = sock.recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 break  # an ICMP error surfacing on the socket: nothing to read
             if not data:
                 continue
-            first = data[0]
-            if turn is None:
-                if 19 < first < 64:
-                    receive(data)
-                else:
-                    self._protocol.datagram_received(data, addr)
-            elif 0x40 <= first < 0x80 and len(data) >= 4:
-                channel, length = struct.unpack_from("!HH", data, 0)
-                if turn.channel_to_peer.get(channel) == self.remote and len(data) >= 4 + length:
-                    payload = data[4:4 + length]
-                    if payload and 19 < payload[0] < 64:
-                        receive(payload)
-                        continue
-                turn.datagram_received(data, addr)
+            if gro and ancillary:
+                for datagram in udpbatch.split(data, _segment(ancillary)):
+                    self._dispatch(datagram, addr)
             else:
-                turn.datagram_received(data, addr)
+                self._dispatch(data, addr)
         self._done()
 
+    def _dispatch(self, data: bytes, addr: Any) -> None:
+        turn = self._turn
+        first = data[0]
+        if turn is None:
+            if 19 < first < 64:
+                self._receive(data)
+            else:
+                self._protocol.datagram_received(data, addr)
+        elif 0x40 <= first < 0x80 and len(data) >= 4:
+            channel, length = struct.unpack_from("!HH", data, 0)
+            # any channel this allocation bound (as aioice would deliver it): the two
+            # ends' nominated pairs may differ, so the peer's data can come from another
+            # of its candidates than the one this side sends to; DTLS authenticates it
+            if channel in turn.channel_to_peer and len(data) >= 4 + length:
+                payload = data[4:4 + length]
+                if payload and 19 < payload[0] < 64:
+                    self._receive(payload)
+                    return
+            turn.datagram_received(data, addr)
+        else:
+            turn.datagram_received(data, addr)
+
     # -- sending --------------------------------------------------------------------
+    def send_many(self, datagrams: list[bytes]) -> None:
+        """A turn's datagrams, in order; runs of equal size in one call where possible."""
+        if not self._gso or len(datagrams) < 2:
+            for datagram in datagrams:
+                self.send(datagram)
+            return
+        for size, run in udpbatch.runs(datagrams, sockopt.GSO_MAX_BYTES,
+                                       sockopt.GSO_MAX_SEGMENTS):
+            if len(run) == 1 or size > sockopt.GSO_MAX_SEGMENT or not self._send_run(size, run):
+                for datagram in run:
+                    self.send(datagram)
+
+    def _send_run(self, size: int, run: list[bytes]) -> bool:
+        """One ``sendmsg`` for ``run``; False to send it datagram by datagram instead."""
+        sock = self._sock
+        if sock is None:
+            return False
+        turn = self._turn
+        if turn is not None:
+            channel = _private.turn_channel(turn, self.remote)
+            if channel is None or self._outer.get_write_buffer_size():
+                return False
+            header = struct.pack("!H", channel)
+            run = [header + struct.pack("!H", len(d)) + d for d in run]
+            size += 4
+        elif self._transport.get_write_buffer_size():
+            return False
+        control = [(sockopt.SOL_UDP, sockopt.UDP_SEGMENT, struct.pack("=H", size))]
+        try:
+            if turn is not None:
+                sock.sendmsg([b"".join(run)], control)
+            else:
+                sock.sendmsg([b"".join(run)], control, 0, self.remote)
+        except (BlockingIOError, InterruptedError):
+            return False  # one by one: the transport queues what the kernel cannot take
+        except OSError:
+            self._gso = False  # EIO, EINVAL: no offload on this route; as before from now on
+            return False
+        return True
+
     def send(self, data: bytes) -> None:
         sock = self._sock
         if self._turn is not None:
@@ -160,12 +224,26 @@ class Wire:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._fd)
             self._fd = None
+            if self._gro and self._sock is not None:  # asyncio reads one datagram per call
+                sockopt.set_gro(self._sock, False)
+                self._gro = False
             if not self._outer.is_closing():
                 with contextlib.suppress(Exception):
                     self._outer.resume_reading()
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+
+_GRO_SPACE = socket.CMSG_SPACE(4)
+
+
+def _segment(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The segment size of a coalesced read (0: not coalesced)."""
+    for level, kind, value in ancillary:
+        if level == sockopt.SOL_UDP and kind == sockopt.UDP_GRO and len(value) >= 4:
+            return int(struct.unpack_from("=i", value)[0])  # the kernel puts an int
+    return 0
 
 
 def _connected(sock: socket.socket) -> bool:

@@ -70,3 +70,16 @@ def test_aioice_turn_client_state() -> None:
     assert hasattr(TurnClientMixin, "datagram_received")
     assert _private.turn_client(TurnTransport(client)) is client
     assert _private.turn_client(object()) is None
+
+
+def test_pyopenssl_session_handles_and_binding() -> None:
+    from OpenSSL import SSL
+
+    context = SSL.Context(SSL.DTLS_METHOD)
+    session = SSL.Connection(context)
+    ffi, lib, ssl, into, out = _private.openssl(session)
+    assert ffi.typeof(ssl).cname == "SSL *"
+    assert ffi.typeof(into).cname == ffi.typeof(out).cname == "BIO *"
+    for name in ("SSL_write", "SSL_read", "SSL_get_error", "BIO_read", "BIO_write",
+                 "ERR_clear_error", "SSL_ERROR_WANT_READ", "SSL_ERROR_ZERO_RETURN"):
+        assert hasattr(lib, name), name
