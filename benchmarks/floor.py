@@ -29,10 +29,19 @@ import time
 os.environ.setdefault("MESH_ICE_ADDRESSES", "127.0.0.1")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import aioice.ice
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from mesh.node.environ import ice_addresses
-from mesh.transport.ice import gather_on
+
+
+def gather_on(addresses: tuple[str, ...] | None) -> None:
+    """Host candidates on ``addresses`` only: stock aioice has no such option, so this
+    script (and only this script: mesh passes addresses to its own ICE connection)
+    replaces aioice's address discovery for its process."""
+    if addresses:
+        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: list(addresses)
+
 
 gather_on(ice_addresses())  # the loopback ICE address switch, as mesh uses it
 

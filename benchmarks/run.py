@@ -1,6 +1,7 @@
 """mesh benchmarks: one command, side by side on the same machine, JSON and a table.
 
     python benchmarks/run.py [--size-mb 50] [--repeat 3] [--streams 1000] [--out DIR]
+    python benchmarks/run.py --veth [...]   # the 1500-MTU veth path: benchmarks/veth.py
 
 Paths, all on 127.0.0.1, each forwarding to the same local services:
 
@@ -61,10 +62,10 @@ from tests.conftest import EchoServer, Mesh, free_port, wait_port  # noqa: E402
 class Source:
     """Sends ``size`` bytes to each connection after it says "go"."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, host: str = "127.0.0.1", port: int = 0) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
         self.size = size
@@ -92,8 +93,8 @@ class Source:
                 pass
 
 
-def download(port: int, size: int) -> float:
-    with socket.create_connection(("127.0.0.1", port)) as s:
+def download(port: int, size: int, host: str = "127.0.0.1") -> float:
+    with socket.create_connection((host, port)) as s:
         t0 = time.perf_counter()
         s.sendall(f"go {size}\n".encode())
         got = 0
@@ -422,6 +423,11 @@ def measure(kind: PathKind, services: dict[str, int], args: argparse.Namespace,
 
 
 def main() -> None:
+    if "--veth" in sys.argv[1:]:
+        import veth  # benchmarks/veth.py: throughput between two namespaces
+
+        veth.main([a for a in sys.argv[1:] if a != "--veth"])
+        return
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=50)

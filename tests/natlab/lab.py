@@ -86,7 +86,8 @@ class Lab:
         return self
 
     def _veth(self, ns1: str, if1: str, ns2: str, if2: str) -> None:
-        tmp1, tmp2 = f"v{self.tag}{if1}"[:15], f"v{self.tag}{if2}"[:15]
+        # temporary names in the root namespace, distinct even when if1 == if2
+        tmp1, tmp2 = f"v{self.tag}{if1}"[:14] + "x", f"v{self.tag}{if2}"[:14] + "y"
         sh("ip", "link", "add", tmp1, "type", "veth", "peer", "name", tmp2)
         sh("ip", "link", "set", tmp1, "netns", ns1)
         sh("ip", "link", "set", tmp2, "netns", ns2)
@@ -142,6 +143,17 @@ class Lab:
             sh(*ipt, "-A", "FORWARD", "-i", "lan0", "-p", "tcp", "-d", SERVER_IP, "-j", "ACCEPT")
             sh(*ipt, "-A", "FORWARD", "-i", "lan0", "-j", "DROP")
         return Side(index, nat, host, router, inner)
+
+    def build_pair(self, mtu: int = 1500) -> tuple[str, str]:
+        """Two namespaces joined by one veth pair of ``mtu`` (an Ethernet link, no NAT):
+        198.18.0.1/15 and 198.18.0.2/15 (benchmarks/veth.py)."""
+        a, b = self.ns("a"), self.ns("b")
+        self._veth(a, "eth0", b, "eth0")
+        for ns, ip in ((a, "198.18.0.1"), (b, "198.18.0.2")):
+            sh("ip", "-n", ns, "link", "set", "eth0", "mtu", str(mtu))
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/15", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        return a, b
 
     def build_lan(self, hosts: int) -> list[str]:
         """``hosts`` namespaces on one bridge (one LAN, multicast works): 10.77.0.N/24."""
