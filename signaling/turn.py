@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from mesh.proto import stun as s
 from mesh.proto.limits import TokenBucket
+from mesh.proto.names import is_number
 
 from .policy import RelayPolicy
 
@@ -225,7 +226,7 @@ class TurnCore:
         if state == "invalid":
             raise _Reject(401, "Unauthorized")
         expiry, sep, _node = username.partition(":")
-        if not sep or not expiry.isdigit() or int(expiry) < now:
+        if not sep or not is_number(expiry) or int(expiry) < now:
             raise _Reject(401, "Unauthorized")
         key = s.long_term_key(username, realm, rest_password(self.config.secret, username))
         if realm != self.config.realm or not s.check_integrity(data, msg, key):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .identity import Identity, decode_node_id, verify
+from .names import is_number
 
 SERVICE = "_mesh._tcp.local."
 MAX_TXT = 1300
@@ -79,7 +80,7 @@ def verify_properties(props: Mapping[Any, Any]) -> Advert | None:
                                                ("n", "id", "p", "a", "t", "o"))
         sig = base64.b64decode(get.get("s", ""), validate=True)
         decode_node_id(node)
-        if not (0 < len(name) <= MAX_NAME and port.isdigit() and made.isdigit()
+        if not (0 < len(name) <= MAX_NAME and is_number(port) and is_number(made)
                 and flag in ("0", "1") and 0 < int(port) < 65536):
             return None
         addresses = tuple(a for a in addrs.split(",") if a)

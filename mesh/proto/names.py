@@ -72,13 +72,20 @@ def check_port(port: object, what: str, *, zero_ok: bool = False) -> int:
     return port
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only. ``str.isdigit()`` also takes superscripts (which ``int()``
+    then refuses) and other scripts' digits (which ``int()`` reads as numbers): every
+    number parsed from what a user or a peer sends goes through here."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_hostport(text: str, what: str, *, default_host: str) -> tuple[str, int]:
     """``PORT``, ``HOST:PORT`` or ``[V6]:PORT``, checked for form; the port's range is
     the configuration's to check (so the CLI and the API say the same)."""
     host, sep, port_text = text.rpartition(":")
     if not sep:
         host, port_text = default_host, text
-    if host.startswith("[") != host.endswith("]") or not port_text.isdigit():
+    if host.startswith("[") != host.endswith("]") or not is_number(port_text):
         raise ConfigError(f"{what} {text!r}: give PORT or HOST:PORT")
     host = host.strip("[]") or default_host
     return check_host(host, what), int(port_text[:6])

@@ -21,6 +21,8 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from .names import is_number
+
 MAX_SDP = 64 * 1024
 MAX_CANDIDATES = 64
 DEFAULT_MAX_MESSAGE = 65536
@@ -155,7 +157,7 @@ def _number(value: str | None, default: int, what: str, top: int = 1 << 32) -> i
     if value is None:
         return default
     text = value.strip()
-    if not text.isdigit() or len(text) > 10 or int(text) > top:
+    if not is_number(text) or len(text) > 10 or int(text) > top:
         raise SdpError(f"{what} is not a number in range")
     return int(text)
 

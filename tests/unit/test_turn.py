@@ -247,3 +247,12 @@ def test_fuzz_authenticated_structured_requests(attrs: list[tuple[int, bytes]], 
     msg = s.Message(method, cls, secrets.token_bytes(12), tuple(attrs)).with_attrs(
         (s.USERNAME, c.user.encode()), (s.REALM, b"mesh"), (s.NONCE, c.nonce))
     core.from_client(CLIENT, msg.encode(key=c.key()), NOW)
+
+
+@pytest.mark.parametrize("expiry", ["²", "5²", "\u0663" * 10, "\uff19" * 10])
+def test_a_username_whose_expiry_is_not_ascii_digits_gets_401(expiry: str) -> None:
+    c = Client(make())
+    c.request(s.ALLOCATE, auth=False)
+    c.user = f"{expiry}:x"
+    reply = c.request(s.ALLOCATE, (s.REQUESTED_TRANSPORT, b"\x11\x00\x00\x00"))
+    assert c.code(reply) == 401
