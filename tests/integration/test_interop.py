@@ -88,6 +88,13 @@ def check(got: dict[str, list[Any]], sent: list[bytes]) -> None:
     assert sorted(got["unordered"], key=len) == sorted(sent, key=len)
 
 
+def send_all(channels: dict[str, Any], messages: list[bytes]) -> None:
+    """Each message on the ordered and on the unordered channel."""
+    for data in messages:
+        channels["ordered"].send(data)
+        channels["unordered"].send(data)
+
+
 async def mesh_and_mesh(discover: bool = True) -> tuple[int, int]:
     settings = IceSettings(host_addresses=("127.0.0.1",), plpmtud=discover)
     a, b = Peer(IcePlan(), ice=settings), Peer(IcePlan(), ice=settings)
@@ -107,13 +114,9 @@ async def mesh_and_mesh(discover: bool = True) -> tuple[int, int]:
         at_a.watch("unordered", unordered)
         await asyncio.sleep(0.6)  # path MTU discovery settles in one round
         sent_a, sent_b = payloads(1), payloads(2)
-        for data in sent_a:
-            ordered.send(data)
-            unordered.send(data)
+        send_all({"ordered": ordered, "unordered": unordered}, sent_a)
         await until(lambda: {"ordered", "unordered"} <= b_channels.keys())
-        for data in sent_b:
-            b_channels["ordered"].send(data)
-            b_channels["unordered"].send(data)
+        send_all(b_channels, sent_b)
         await at_b.wait("ordered", "unordered")
         await at_a.wait("ordered", "unordered")
         check(at_b.got, sent_a)
@@ -174,12 +177,8 @@ async def mesh_and_stock(mesh_offers: bool) -> int:
         for channel in stock_channels.values():
             await opened(channel)
         sent_mesh, sent_stock = payloads(3), payloads(4)
-        for data in sent_mesh:
-            mesh_channels["ordered"].send(data)
-            mesh_channels["unordered"].send(data)
-        for data in sent_stock:
-            stock_channels["ordered"].send(data)
-            stock_channels["unordered"].send(data)
+        send_all(mesh_channels, sent_mesh)
+        send_all(stock_channels, sent_stock)
         await at_stock.wait("ordered", "unordered")
         await at_mesh.wait("ordered", "unordered")
         check(at_stock.got, sent_mesh)
