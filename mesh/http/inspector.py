@@ -28,6 +28,7 @@ import contextlib
 import errno
 import html
 import json
+import re
 from collections.abc import Awaitable, Callable
 from importlib import metadata, resources
 from typing import Any
@@ -212,6 +213,12 @@ class Inspector:
                                 "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""RFC 9110 token: what a method and a header name may be."""
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+"""RFC 9110 field value characters (obs-text included, as Latin-1)."""
+
+
 def validate_edits(edits: Any) -> dict[str, Any]:
     """Check the JSON of an edit-and-replay; return the fields replay() takes."""
     if edits is None:
@@ -221,14 +228,14 @@ def validate_edits(edits: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     method = edits.get("method")
     if method is not None:
-        if not isinstance(method, str) or not method.isalpha() or len(method) > 20:
+        if not isinstance(method, str) or not _TOKEN.fullmatch(method) or len(method) > 20:
             raise ValueError("method must be a word such as GET or POST")
         out["method"] = method.upper()
     path = edits.get("path")
     if path is not None:
-        if not isinstance(path, str) or not path.startswith("/") or len(path) > 8192 or any(
-                c in path for c in " \r\n\t"):
-            raise ValueError("path must start with / and contain no spaces")
+        if not isinstance(path, str) or not path.startswith("/") or len(path) > 8192 or not (
+                path.isascii() and path.isprintable()) or " " in path:
+            raise ValueError("path must start with / and be printable ASCII without spaces")
         out["target"] = path
     headers = edits.get("headers")
     if headers is not None:
@@ -237,9 +244,9 @@ def validate_edits(edits: Any) -> dict[str, Any]:
                 for h in headers):
             raise ValueError("headers must be a list of [name, value] pairs")
         for name, value in headers:
-            if (not name or any(c in name for c in " :\r\n\t") or "\r" in value
-                    or "\n" in value or not name.isascii()):
-                raise ValueError(f"bad header {name!r}")
+            if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+                raise ValueError(f"bad header {name[:100]!r}: a token name, and a value "
+                                 "of visible Latin-1 characters")
         out["headers"] = [(n, v) for n, v in headers]
     if "body_base64" in edits:
         try:

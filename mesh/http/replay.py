@@ -25,16 +25,17 @@ class ReplayRefused(ValueError):
 
 def _request(original: Exchange, method: str | None, target: str | None,
              headers: list[tuple[str, str]] | None, body: bytes) -> h11.Request:
-    hdrs: Headers = ([(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
-                     if headers is not None else list(original.request_headers))
-    hdrs = [(k, v) for k, v in hdrs if k not in (b"content-length", b"transfer-encoding",
-                                                 b"connection", b"upgrade")]
-    m = (method or original.method).encode("latin-1")
-    if body or m not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
-        hdrs.append((b"content-length", str(len(body)).encode()))
-    if not any(k == b"host" for k, _ in hdrs):
-        hdrs.insert(0, (b"host", b"localhost"))
-    try:
+    try:  # every field is checked by h11 (and Latin-1) before anything is sent
+        hdrs: Headers = ([(k.lower().encode("latin-1"), v.encode("latin-1"))
+                          for k, v in headers]
+                         if headers is not None else list(original.request_headers))
+        hdrs = [(k, v) for k, v in hdrs if k not in (b"content-length", b"transfer-encoding",
+                                                     b"connection", b"upgrade")]
+        m = (method or original.method).encode("latin-1")
+        if body or m not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS"):
+            hdrs.append((b"content-length", str(len(body)).encode()))
+        if not any(k == b"host" for k, _ in hdrs):
+            hdrs.insert(0, (b"host", b"localhost"))
         return h11.Request(method=m, target=(target or original.target).encode("latin-1"),
                            headers=hdrs)
     except (h11.LocalProtocolError, UnicodeEncodeError) as exc:

@@ -413,6 +413,9 @@ def test_inspector_records_replays_and_exports(inproc: InProc, service: Service)
     assert (last["method"], last["path"], last["body"]) == ("PUT", "/echo?edited", 7)
     assert ["X-Edit", "yes"] in last["headers"] or ["x-edit", "yes"] in last["headers"]
     assert api(hs.inspector, "/api/requests/1/replay", "POST", {"headers": "nope"})[0] == 400
+    for bad in ({"method": "G\u00c9T"}, {"method": "G\u0112T"}, {"headers": [["X", "\u0100"]]},
+                {"path": "/caf\u00e9"}):
+        assert api(hs.inspector, "/api/requests/1/replay", "POST", bad)[0] == 400, bad
     assert api(hs.inspector, "/api/requests/9999/replay", "POST", {})[0] == 404
 
     # HAR export

@@ -146,3 +146,16 @@ def test_inspector_addr_and_edits() -> None:
                 {"body_base64": "!"}, {"body": 3}, []):
         with pytest.raises(ValueError):
             validate_edits(bad)
+
+
+@pytest.mark.parametrize("edits", [
+    {"method": "GÉT"}, {"method": "G\u0112T"}, {"method": "GET\x00"}, {"method": "(GET)"},
+    {"path": "/caf\u00e9"}, {"path": "/a\x7f"}, {"path": "/\u2028"},
+    {"headers": [["X-\u0100", "v"]]}, {"headers": [["X", "\u0100"]]},
+    {"headers": [["X", "a\x00b"]]}, {"headers": [["", "v"]]}, {"headers": [["X(", "v"]]},
+])
+def test_an_edit_outside_the_characters_http_allows_is_refused_before_sending(
+        edits: dict[str, object]) -> None:
+    """The inspector answers 400 for these (a 500 from h11 or a Latin-1 encode before)."""
+    with pytest.raises(ValueError):
+        validate_edits(edits)
