@@ -10,7 +10,11 @@ documentation, discard, site-local). IPv4 embedded in IPv6 is unwrapped first
 NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, Teredo ``2001::/32``), so a
 denied IPv4 address cannot be reached in IPv6 disguise. ``allow`` ranges
 (``--relay-allow CIDR``) are checked after unwrapping and open a range, e.g.
-a lab's addresses. Sans-I/O.
+a lab's addresses. The server's ``own`` addresses are refused even when they
+look public (RFC 8656 section 21: a relay must not reach services bound on its
+own host), unless an ``allow`` range names them; even then the TURN core
+refuses the server's own ports (turn.py), so a relay never feeds itself.
+Sans-I/O.
 """
 
 from __future__ import annotations
@@ -56,9 +60,22 @@ def unwrap(ip: IPAddress) -> IPAddress:
 class RelayPolicy:
     """Decides whether the relay may talk to a peer address."""
 
-    def __init__(self, allow: Iterable[str] = ()) -> None:
+    def __init__(self, allow: Iterable[str] = (), own: Iterable[str] = ()) -> None:
         self.allow: list[Network] = [ipaddress.ip_network(c, strict=False) for c in allow]
+        self.own: set[IPAddress] = set()
+        for host in own:
+            try:
+                self.own.add(unwrap(ipaddress.ip_address(host)))
+            except ValueError:
+                continue  # a name, or 0.0.0.0-style wildcards: nothing to match
         self._seen: dict[str, bool] = {}
+
+    def is_own(self, host: str) -> bool:
+        """Whether ``host`` is one of the server's own addresses."""
+        try:
+            return unwrap(ipaddress.ip_address(host.split("%", 1)[0])) in self.own
+        except ValueError:
+            return False
 
     def permitted(self, host: str) -> bool:
         # asked for every relayed datagram: remember the answers (bounded)
@@ -75,9 +92,12 @@ class RelayPolicy:
         except ValueError:
             return False
         inner = unwrap(ip)
-        for candidate in {ip, inner}:
-            if any(candidate.version == n.version and candidate in n for n in self.allow):
-                return True
+        explicit = any(candidate.version == n.version and candidate in n
+                       for candidate in {ip, inner} for n in self.allow)
+        if inner in self.own or ip in self.own:
+            return explicit  # the server's own address: only where a range names it
+        if explicit:
+            return True
         if isinstance(inner, ipaddress.IPv4Address):
             if any(inner in n for n in DENIED_V4):
                 return False

@@ -101,7 +101,8 @@ class Rendezvous:
                 TurnConfig(secret=secret, relay_ip=public, max_allocations=cfg.max_allocations,
                            max_allocations_per_user=cfg.max_allocations_per_user,
                            bandwidth=cfg.relay_bandwidth),
-                RelayPolicy(cfg.relay_allow), sig_cfg.host, cfg.stun_port, relay_host)
+                RelayPolicy(cfg.relay_allow, own=(public, sig_cfg.host)), sig_cfg.host,
+                cfg.stun_port, relay_host)
             await self.turn.start()
             where = f"{_url_host(public)}:{self.turn.port}"
             stun_urls = (f"stun:{where}",)

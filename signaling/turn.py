@@ -55,7 +55,9 @@ class TurnConfig:
     channel_lifetime: int = 600
     nonce_lifetime: int = 600
     max_allocations_per_user: int = 10
-    """Allocations one username may hold at once."""
+    """Allocations one node may hold at once (whatever the expiry in its username)."""
+    max_allocations_per_address: int = 50
+    """Allocations the clients at one IP address may hold at once."""
     max_allocations: int = 1000
     """Allocations in total."""
     bandwidth: int = 16 * 1024 * 1024
@@ -125,6 +127,13 @@ class TurnCore:
         self.allocations: dict[ClientKey, Allocation] = {}
         self._by_port: dict[int, Allocation] = {}
         self.stats = {"allocations_total": 0, "bytes_relayed": 0, "rejected": 0}
+        self.service_ports: set[int] = set()
+        """The server's own STUN/TURN ports (set by the server once bound)."""
+
+    def _own_port(self, peer: s.Address) -> bool:
+        """A port of this server at one of its addresses: a relay must not feed itself."""
+        return self.policy.is_own(peer[0]) and (peer[1] in self.service_ports
+                                                or peer[1] in self._by_port)
 
     # -- entry points ----------------------------------------------------------------
     def from_client(self, client: ClientKey, data: bytes, now: float) -> list[Output]:
@@ -145,7 +154,7 @@ class TurnCore:
         alloc = self._by_port.get(relay_port)
         if alloc is None or alloc.expires < now:
             return []
-        if alloc.permissions.get(peer[0], 0) < now:
+        if alloc.permissions.get(peer[0], 0) < now or self._own_port(peer):
             return []
         if alloc.down is not None and not alloc.down.take(now, len(data)):
             return []
@@ -287,8 +296,14 @@ class TurnCore:
             raise _Reject(440, "Address Family not Supported")
         if len(self.allocations) >= cfg.max_allocations:
             raise _Reject(486, "Allocation Quota Reached")
-        if sum(1 for a in self.allocations.values() if a.username == username) >= (
-                cfg.max_allocations_per_user):
+        # by node and by address: a REST username carries a fresh expiry with each
+        # registration, so counting usernames let one key take every allocation
+        node, ip = username.partition(":")[2], client[1][0]
+        if sum(1 for a in self.allocations.values()
+               if a.username.partition(":")[2] == node) >= cfg.max_allocations_per_user:
+            raise _Reject(486, "Allocation Quota Reached")
+        if sum(1 for a in self.allocations.values()
+               if a.client[1][0] == ip) >= cfg.max_allocations_per_address:
             raise _Reject(486, "Allocation Quota Reached")
         port = self._bind_relay()
         if port is None:
@@ -331,7 +346,7 @@ class TurnCore:
 
     def _peer(self, msg: s.Message, value: bytes) -> s.Address:
         peer = s.parse_xor_address(value, msg.txid)
-        if not self.policy.permitted(peer[0]):
+        if not self.policy.permitted(peer[0]) or self._own_port(peer):
             raise _Reject(403, "Forbidden")
         return peer
 
@@ -391,7 +406,8 @@ class TurnCore:
 
     def _relay_out(self, alloc: Allocation, peer: s.Address, data: bytes, now: float
                    ) -> list[Output]:
-        if alloc.permissions.get(peer[0], 0) < now or not self.policy.permitted(peer[0]):
+        if (alloc.permissions.get(peer[0], 0) < now or not self.policy.permitted(peer[0])
+                or self._own_port(peer)):
             return []
         if alloc.up is not None and not alloc.up.take(now, len(data)):
             return []

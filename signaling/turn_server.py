@@ -109,6 +109,7 @@ class TurnServer:
                 lambda: _Udp(self), local_addr=(self.host, port))
         assert self._udp.transport is not None
         self.port = self._udp.transport.get_extra_info("sockname")[1]
+        self.core.service_ports = {self.port, self.port + 1}
         sockopt.prepare_datagram_socket(self._udp.transport.get_extra_info("socket"))
         # the second port only lets `mesh netcheck` tell cone from symmetric NAT
         with contextlib.suppress(OSError):

@@ -256,3 +256,75 @@ def test_a_username_whose_expiry_is_not_ascii_digits_gets_401(expiry: str) -> No
     c.user = f"{expiry}:x"
     reply = c.request(s.ALLOCATE, (s.REQUESTED_TRANSPORT, b"\x11\x00\x00\x00"))
     assert c.code(reply) == 401
+
+
+def test_one_node_cannot_take_every_allocation_whatever_its_usernames_say() -> None:
+    """Each registration hands out a REST username with a new expiry: the quota counts
+    the node behind them (and the address they come from), not the username."""
+    core = make(max_allocations_per_user=2, max_allocations=30)
+    for i in range(2):
+        c = Client(core, ("udp", ("203.0.113.5", 100 + i)), "greedy", now=NOW + i)
+        assert c.allocate().cls == s.SUCCESS
+    for i in range(2, 6):  # fresh usernames (other expiries), same node
+        c = Client(core, ("udp", ("203.0.113.5", 100 + i)), "greedy", now=NOW + i)
+        assert c.user.partition(":")[2] == "greedy" and c.code(c.allocate()) == 486
+    legit = Client(core, ("udp", ("203.0.113.9", 1)), "legit")
+    assert legit.allocate().cls == s.SUCCESS
+
+
+def test_one_address_cannot_take_every_allocation_with_throwaway_nodes() -> None:
+    core = make(max_allocations_per_address=3, max_allocations=30)
+    for i in range(3):
+        assert Client(core, ("udp", ("203.0.113.5", i)), f"throwaway{i}").allocate().cls == (
+            s.SUCCESS)
+    late = Client(core, ("udp", ("203.0.113.5", 9)), "throwaway9")
+    assert late.code(late.allocate()) == 486
+    assert Client(core, ("udp", ("203.0.113.6", 1)), "legit").allocate().cls == s.SUCCESS
+
+
+OWN = "8.8.4.4"
+
+
+def own_core(allow: tuple[str, ...] = ()) -> TurnCore:
+    ports = count(50000)
+    core = TurnCore(TurnConfig(secret=SECRET, relay_ip=OWN), RelayPolicy(allow, own=(OWN,)),
+                    lambda: next(ports))
+    core.service_ports = {3478, 3479}
+    return core
+
+
+@pytest.mark.parametrize("own", [OWN, "::ffff:8.8.4.4", "64:ff9b::808:404"])
+def test_the_relay_never_reaches_its_own_host(own: str) -> None:
+    """RFC 8656 section 21: a service bound on the relay's host is not a peer, in any
+    disguise, unless the operator opened the address with --relay-allow."""
+    c = Client(own_core())
+    c.allocate()
+    for method, attrs in ((s.CREATE_PERMISSION, ()),
+                          (s.CHANNEL_BIND, ((s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),))):
+        tx = secrets.token_bytes(12)
+        assert c.code(c.request(method, *attrs, c.peer_attr((own, 9999), tx), txid=tx)) == 403
+
+
+def test_even_an_allowed_own_address_never_reaches_the_servers_own_ports() -> None:
+    """--relay-allow may open the host (a lab, a sharer beside the server), but never
+    its STUN/TURN ports or another allocation's relay port: no TURN inside TURN."""
+    core = own_core(allow=("8.8.4.0/24",))
+    c = Client(core)
+    c.allocate()
+    other = Client(core, ("udp", ("203.0.113.77", 1)), "n2")
+    other.allocate()  # relay port 50001
+    for port in (3478, 3479, 50001, 50000):
+        tx = secrets.token_bytes(12)
+        reply = c.request(s.CHANNEL_BIND, (s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),
+                          c.peer_attr((OWN, port), tx), txid=tx)
+        assert c.code(reply) == 403, port
+    tx = secrets.token_bytes(12)
+    assert c.request(s.CREATE_PERMISSION, c.peer_attr((OWN, 1), tx), txid=tx).cls == s.SUCCESS
+    for port in (3478, 50001):
+        ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((OWN, port), tx),
+                                                   (s.DATA_ATTR, b"loop"))).encode()
+        assert core.from_client(CLIENT, ind, NOW) == []
+        assert core.from_peer(50000, (OWN, port), b"loop", NOW) == []
+    ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((OWN, 8080), tx),
+                                               (s.DATA_ATTR, b"ok"))).encode()
+    assert core.from_client(CLIENT, ind, NOW) == [ToPeer(50000, (OWN, 8080), b"ok")]
