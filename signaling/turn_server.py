@@ -75,8 +75,17 @@ class TurnServer:
     """STUN + TURN over UDP and TCP around one ``TurnCore``."""
 
     def __init__(self, config: TurnConfig, policy: RelayPolicy, host: str, port: int,
-                 relay_host: str) -> None:
+                 relay_host: str, *, tcp_per_address: int = 16, tcp_total: int = 1024,
+                 tcp_allocate_within: float = 10.0, tcp_idle_check: float = 60.0) -> None:
         self.config = config
+        self.tcp_per_address = tcp_per_address
+        """TURN-over-TCP connections one IP address may hold open."""
+        self.tcp_total = tcp_total
+        self.tcp_allocate_within = tcp_allocate_within
+        """Seconds a TCP client has to hold an allocation (authenticated) before it
+        is closed; one whose allocation has gone is closed at the next idle check."""
+        self.tcp_idle_check = tcp_idle_check
+        self._tcp_per_ip: dict[str, int] = {}
         self.host, self.port, self.relay_host = host, port, relay_host
         self.core = TurnCore(config, policy, self._bind_relay)
         self._udp: _Udp | None = None
@@ -192,12 +201,28 @@ class TurnServer:
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         name = f"tcp:{next(self._ids)}"
         peer = writer.get_extra_info("peername")
+        ip = str(peer[0])
+        if (self._tcp_per_ip.get(ip, 0) >= self.tcp_per_address
+                or len(self._tcp_clients) >= self.tcp_total):
+            writer.close()  # over the caps: closed before anything is read or held
+            return
+        self._tcp_per_ip[ip] = self._tcp_per_ip.get(ip, 0) + 1
         client: ClientKey = (name, (peer[0], peer[1]))
         self._tcp_clients[name] = writer
         framer = stun.StreamFramer()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tcp_allocate_within
         try:
             while True:
-                data = await reader.read(65536)
+                allocated = client in self.core.allocations
+                wait = self.tcp_idle_check if allocated else deadline - loop.time()
+                try:
+                    async with asyncio.timeout(max(0.0, wait)):
+                        data = await reader.read(65536)
+                except TimeoutError:
+                    if allocated and client in self.core.allocations:
+                        continue  # quiet, but it holds an allocation: keep it
+                    break  # never authenticated in time, or its allocation is gone
                 if not data:
                     break
                 for frame in framer.feed(data):
@@ -208,6 +233,11 @@ class TurnServer:
             pass
         finally:
             self._tcp_clients.pop(name, None)
+            left = self._tcp_per_ip.get(ip, 1) - 1
+            if left:
+                self._tcp_per_ip[ip] = left
+            else:
+                self._tcp_per_ip.pop(ip, None)
             self.dispatch(self.core.client_gone(client))
             writer.close()
 
