@@ -44,7 +44,7 @@ from .config import ShareConfig
 from .discovery import Advertiser
 from .home import load_or_create, share_secret
 from .public import Publisher
-from .share_peer import SharePeer
+from .share_peer import UNADMITTED_WINDOW, SharePeer
 from .signal_client import SignalClient
 from .status import ControlServer
 
@@ -315,7 +315,8 @@ class Share:
             await self._reply(via, node, "reject", session, {"reason": reason})
             return
         plan = ice_plan(via.ice_servers)
-        transport = Peer(plan, mode, await udp_reachable(plan), self.config.ice)
+        transport = Peer(plan, mode, await udp_reachable(plan), self.config.ice,
+                         window=UNADMITTED_WINDOW)
         peer = SharePeer(self, node, session, transport,
                          trusted=node == self.publisher.gateway and self.config.public)
         self.peers[session] = peer

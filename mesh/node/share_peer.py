@@ -26,6 +26,12 @@ from mesh.transport.stream import Counters, Stream, describe, splice
 
 from . import events
 
+UNADMITTED_WINDOW = 256 * 1024
+"""The SCTP receive window a peer gets until it is admitted: with the channels'
+hold for unread messages (transport/channel.py) it bounds what a stranger who
+knows only the node id can make the sharer hold, about half a MiB per peer."""
+ADMITTED_WINDOW = 4 * 1024 * 1024
+
 if TYPE_CHECKING:
     from .share import Share
 
@@ -102,6 +108,7 @@ class SharePeer:
     def _on_control(self, event: control.Event) -> None:
         match event:
             case control.Ready(rtt_ms):
+                self.peer.set_window(ADMITTED_WINDOW)
                 self._announce(rtt_ms)
             case control.Refused(reason):
                 self.share.emit(events.Rejected(self.node, reason))

@@ -9,8 +9,10 @@ data plane (datapath.py) moves its messages through the SCTP core.
 
 Messages that arrive while nobody listens for ``message`` (the peer answered
 before the code that opened the channel got round to listening: a loop turn
-is enough) are held, up to ``HELD_MAX`` bytes, and handed in order to the
-first listener, one loop turn after it registers.
+is enough) are held and handed in order to the first listener, one loop turn
+after it registers. What all the channels of one connection hold together is
+bounded (``HELD_MAX``, counted by the data path), and a channel that is closing
+holds nothing: a peer cannot park data in channels nobody reads.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mesh.channel")
 
-HELD_MAX = 1 << 20
-"""Bytes of messages held for a channel with no ``message`` listener yet."""
+HELD_MAX = 256 * 1024
+"""Bytes of messages held, across one connection's channels, for want of a listener."""
 
 
 class ChannelClosedError(ConnectionError):
@@ -78,6 +80,7 @@ class Channel:
     def close(self) -> None:
         if self.readyState in ("closing", "closed"):
             return
+        self._drop_held()
         self._path.close_channel(self)
 
     # -- events ---------------------------------------------------------------------
@@ -96,17 +99,28 @@ class Channel:
         if event == "message" and (self._held or not self._listeners.get("message")):
             self._hold(args[0])
             return
+        if event == "close":
+            self._drop_held()
         for callback in list(self._listeners.get(event, ())):
             callback(*args)
 
     def _hold(self, message: bytes | str) -> None:
         size = len(message)
-        if self._held_bytes + size > HELD_MAX:
+        path = self._path
+        if self.readyState in ("closing", "closed"):
+            return  # closed from this side: what the peer still sends is not wanted
+        if path.held + size > HELD_MAX:
             log.warning("data channel %r: nobody reads it; a %d-byte message dropped",
                         self.label, size)
             return
         self._held.append(message)
         self._held_bytes += size
+        path.held += size
+
+    def _drop_held(self) -> None:
+        self._path.held -= self._held_bytes
+        self._held.clear()
+        self._held_bytes = 0
 
     def _release(self) -> None:
         """Hand the held messages, oldest first, to whoever listens now."""
@@ -115,6 +129,7 @@ class Channel:
         while held and (listeners := self._listeners.get("message")):
             message = held.popleft()
             self._held_bytes -= len(message)
+            self._path.held -= len(message)
             for callback in list(listeners):
                 try:
                     callback(message)

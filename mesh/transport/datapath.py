@@ -41,6 +41,10 @@ class DataPath:
         self._on_end = on_end
         self._on_packet_size = on_packet_size
         self.channels: dict[int, Channel] = {}
+        self.window = 4 * 1024 * 1024
+        """The receive window the association announces (``set_window``)."""
+        self.held = 0
+        """Bytes the channels hold for want of a listener (channel.py bounds it)."""
         self._pending: list[Channel] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -66,7 +70,7 @@ class DataPath:
         """DTLS is up: run the association (channels opened so far open with it).
         ``send`` takes each flush's records together (wire.py batches them)."""
         self._core = ch.DataChannels(client=client, now=self._loop.time(), discover=discover,
-                                     remote_port=remote_port)
+                                     remote_port=remote_port, window=self.window)
         self._records, self._send = records, send
         self.peer_max_message = peer_max_message
         self._core.start(self._loop.time())
@@ -74,6 +78,12 @@ class DataPath:
             self.receive(datagram)
         records.backlog.clear()
         self.flush()
+
+    def set_window(self, window: int) -> None:
+        self.window = window
+        if self._core is not None:
+            self._core.set_window(window)
+            self.later()
 
     def receive(self, datagram: bytes) -> None:
         """One datagram from the selected pair; flushed by the caller (or ``later``)."""

@@ -76,7 +76,7 @@ class Peer:
     """One peer connection for one attempt (see the module docstring for ``mode``)."""
 
     def __init__(self, plan: IcePlan, mode: str = "any", udp_ok: bool = True,
-                 ice: IceSettings | None = None) -> None:
+                 ice: IceSettings | None = None, window: int | None = None) -> None:
         self._settings = ice or IceSettings()
         turn = plan.turn(udp_ok)
         stun = plan.stun if udp_ok else None
@@ -99,6 +99,8 @@ class Peer:
         self._size_listeners: list[Callable[[int], None]] = []
         self._path = DataPath(on_channel=self._on_channel, on_ready=self._on_ready,
                               on_end=self._on_end, on_packet_size=self._on_packet_size)
+        if window is not None:
+            self._path.window = window
         self._connection: IceConnection | None = None
         self._handshake: Handshake | None = None
         self._wire: Wire | None = None
@@ -321,6 +323,10 @@ class Peer:
         if self._path.packet_size > plpmtud.BASE:
             report(self._path.packet_size)
         self._size_listeners.append(report)
+
+    def set_window(self, window: int) -> None:
+        """The SCTP receive window from now on: what the peer may have in flight to us."""
+        self._path.set_window(window)
 
     # -- channels -------------------------------------------------------------------
     def open_channel(self, label: str, *, ordered: bool = True,

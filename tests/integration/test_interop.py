@@ -300,3 +300,29 @@ def test_chromium_opens_data_channels_to_a_mesh_peer() -> None:
                 loop.close()
         finally:
             browser.close()
+
+
+def test_an_unadmitted_peer_gets_a_small_window_and_an_admitted_one_the_full_one() -> None:
+    """What a stranger can make the sharer hold before admission is bounded by the
+    window the sharer announces (a sender that ignores it is aborted: test_sctp.py)."""
+    from mesh.node.share_peer import ADMITTED_WINDOW, UNADMITTED_WINDOW
+
+    async def run() -> tuple[int, int]:
+        stranger, sharer = Peer(IcePlan(), ice=LOOPBACK), Peer(
+            IcePlan(), ice=LOOPBACK, window=UNADMITTED_WINDOW)
+        try:
+            await stranger.accept(await sharer.answer(await stranger.offer()))
+            await asyncio.gather(stranger.connected(10), sharer.connected(10))
+            before = stranger._path.core.association.sender.peer_rwnd
+            sharer.set_window(ADMITTED_WINDOW)
+            assert stranger.control is not None
+            for _ in range(3):  # data draws SACKs, which carry the new window
+                stranger.control.send(b"x")
+                await asyncio.sleep(0.1)
+            return before, stranger._path.core.association.sender.peer_rwnd
+        finally:
+            await stranger.close()
+            await sharer.close()
+
+    before, after = asyncio.run(run())
+    assert before <= UNADMITTED_WINDOW < ADMITTED_WINDOW - 65536 <= after

@@ -57,7 +57,12 @@ def test_20mb_file_arrives_byte_identical(inproc: InProc, http_root: tuple[Path,
 
 
 def test_100_concurrent_connections_echo_1mb_each(inproc: InProc, echo: EchoServer) -> None:
-    local = tunnel(inproc, echo.port)
+    from mesh.node.share_peer import ADMITTED_WINDOW
+
+    share = inproc.share(echo.port)
+    local = int(inproc.connect(share.obj.ticket).obj.port)
+    # admitted: the sharer announces the full receive window (256 KiB before admission)
+    assert [p.peer._path.window for p in share.obj.peers.values()] == [ADMITTED_WINDOW]
     with concurrent.futures.ThreadPoolExecutor(100) as pool:
         results = list(pool.map(lambda i: echo_roundtrip(local, 1024 * 1024, i), range(100)))
     assert all(results), f"{results.count(False)} of 100 streams corrupted"

@@ -16,10 +16,13 @@ from mesh.transport.channel import HELD_MAX, Channel
 from mesh.transport.datapath import DataPath
 
 
-def _channel() -> Channel:
-    path = DataPath(on_channel=lambda c: None, on_ready=lambda: None,
+def _path() -> DataPath:
+    return DataPath(on_channel=lambda c: None, on_ready=lambda: None,
                     on_end=lambda r, p: None, on_packet_size=lambda s, d: None)
-    return Channel(path, "mesh-ctl")
+
+
+def _channel() -> Channel:
+    return Channel(_path(), "mesh-ctl")
 
 
 async def test_messages_before_a_listener_reach_it_in_order() -> None:
@@ -80,3 +83,22 @@ async def test_what_nobody_reads_is_held_only_up_to_the_bound() -> None:
     channel.on("message", got.append)
     await asyncio.sleep(0)
     assert len(got) == 4
+
+
+async def test_a_peer_cannot_park_data_in_channels_nobody_reads() -> None:
+    """The bound is per connection, not per channel: a hundred unread channels hold no
+    more than one; a channel closed from this side holds nothing, and what it held
+    goes back to the budget."""
+    path = _path()
+    channels = [Channel(path, f"c{i}") for i in range(100)]
+    for channel in channels:
+        channel.readyState = "open"
+        for _ in range(10):
+            channel.emit("message", b"y" * 4096)
+    assert path.held <= HELD_MAX
+    assert sum(c._held_bytes for c in channels) == path.held
+    first = channels[0]
+    held_before = path.held
+    first.close()
+    first.emit("message", b"z" * 4096)  # the peer still sends: not held
+    assert first._held_bytes == 0 and path.held == held_before - 10 * 4096

@@ -171,6 +171,13 @@ class Association:
         found = [t for t in times if t is not None]
         return min(found) if found else None
 
+    def set_window(self, window: int) -> None:
+        """Receive window from now on (announced in the next SACK); not below the
+        largest message, which must fit in it."""
+        self.window = max(window, self.max_message)
+        if self.receiver is not None:
+            self.receiver.window = self.window
+
     def datagrams_to_send(self, now: float) -> list[bytes]:
         self._now = now
         control, self._control = self._control, []

@@ -127,6 +127,10 @@ class DataChannels:
         self._events: deque[Event] = deque()
 
     # -- driving ------------------------------------------------------------------------
+    def set_window(self, window: int) -> None:
+        """The receive window (a connection not yet admitted gets a small one)."""
+        self.association.set_window(window)
+
     def start(self, now: float) -> None:
         self.association.start(now)
 
