@@ -20,6 +20,8 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
+GROUP = "mesh_sctp_core"
+"""The shared library mypyc puts the compiled code in (tests/unit/test_compiled.py)."""
 COMPILED = sorted(str(p.relative_to(HERE)) for p in (HERE / "mesh/proto/sctp").glob("*.py")
                   if p.name != "__init__.py") + ["mesh/proto/plpmtud.py"]
 
@@ -54,7 +56,7 @@ def extensions() -> list[object]:
               file=sys.stderr)
         return []
     try:
-        return list(mypycify(COMPILED, opt_level="3", group_name="mesh_sctp_core"))
+        return list(mypycify(COMPILED, opt_level="3", group_name=GROUP))
     except BaseException as exc:  # mypyc reports type errors with SystemExit
         print(f"mesh: mypyc could not compile the SCTP core ({exc!r}); plain Python",
               file=sys.stderr)

@@ -127,7 +127,8 @@ class Dialer:
             answer_fps=admission.fingerprints(answer_sdp))
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         machine = control.Control(
-            control.Role.CONNECTOR, admission.ConnectorAdmission(self.ticket.secret, transcript),
+            control.Role.CONNECTOR, admission.ConnectorAdmission(
+                self.ticket.secret, transcript, self.ticket.expires),
             self._now(), control.Timings(admit_timeout=cfg.admission_timeout))
         def on_event(event: control.Event) -> None:
             if ready.done():

@@ -31,6 +31,7 @@ from mesh.http.capture import Exchange, Store
 from mesh.http.inspector import Inspector
 from mesh.http.policy import ShareHttpPolicy
 from mesh.http.replay import replay
+from mesh.proto import admission
 from mesh.proto.advert import open_secret
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
@@ -68,12 +69,12 @@ class Share:
         self.config = config
         self.identity = identity or load_or_create()
         self.lan_open = config.lan and (config.lan_open or not config.signal_urls)
-        if self.lan_open:
-            self.secret = open_secret(self.identity.node_id, config.name)
-        elif config.persist_secret:
-            self.secret = share_secret(config.name, rotate=config.new_ticket)
-        else:
-            self.secret = new_secret()
+        # tickets carry secrets derived from this and their expiry (admission.py)
+        self.master = (share_secret(config.name, rotate=config.new_ticket)
+                       if config.persist_secret else new_secret())
+        self.open_key = open_secret(self.identity.node_id, config.name) if self.lan_open else None
+        """The derivable secret of a share open to the LAN: only via the LAN endpoint."""
+        self._lan_client: SignalClient | None = None
         self.tag = share_tag(config.name)
         self.on_event = on_event
         self.peers: dict[str, SharePeer] = {}
@@ -154,8 +155,10 @@ class Share:
             if cfg.public:  # before the ticket is shown: a taken name is an error
                 claimed = await self.publisher.claim(remote, first=True)
         self._signal = self._signals[0]
-        ticket = Ticket(node_id=self.identity.node_id, secret=self.secret,
-                        expires=int(time.time() + cfg.ttl), name=cfg.name,
+        expires = int(time.time() + cfg.ttl)
+        ticket = Ticket(node_id=self.identity.node_id,
+                        secret=admission.ticket_secret(self.master, expires),
+                        expires=expires, name=cfg.name,
                         signal_urls=cfg.signal_urls, lan_hints=tuple(hints[:8]))
         self.ticket = ticket.encode(self.identity)
         self.emit(events.Ready(self.ticket, self.identity.node_id, cfg.name, self.target,
@@ -200,6 +203,7 @@ class Share:
         await server.start()
         self._lan_server = server
         local = self._client([f"ws://127.0.0.1:{server.port}/"])
+        self._lan_client = local
         await local.start()
         self._signals.append(local)
         self._advertiser = Advertiser(self.identity, self.config.name, server.port,
@@ -318,7 +322,8 @@ class Share:
         transport = Peer(plan, mode, await udp_reachable(plan), self.config.ice,
                          window=UNADMITTED_WINDOW)
         peer = SharePeer(self, node, session, transport,
-                         trusted=node == self.publisher.gateway and self.config.public)
+                         trusted=node == self.publisher.gateway and self.config.public,
+                         lan=via is self._lan_client)
         self.peers[session] = peer
         try:
             answer = await peer.handshake(sdp)

@@ -40,8 +40,10 @@ log = logging.getLogger("mesh.share")
 
 class SharePeer:
     def __init__(self, share: Share, node: str, session: str, peer: Peer,
-                 *, trusted: bool = False) -> None:
+                 *, trusted: bool = False, lan: bool = False) -> None:
         self.share = share
+        self.lan = lan
+        """The offer came through this share's LAN endpoint."""
         self.node = node
         self.session = session
         self.peer = peer
@@ -77,7 +79,9 @@ class SharePeer:
             offer_fps=admission.fingerprints(offer_sdp),
             answer_fps=admission.fingerprints(answer))
         machine = control.Control(
-            control.Role.SHARER, admission.SharerAdmission(self.share.secret, transcript),
+            control.Role.SHARER, admission.SharerAdmission(
+                admission.Keys(self.share.master, self.share.open_key if self.lan else None),
+                transcript, time.time()),
             asyncio.get_running_loop().time(),
             control.Timings(admit_timeout=self.share.config.handshake_timeout))
         self._pump = ControlPump(machine, self._on_control)

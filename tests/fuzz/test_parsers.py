@@ -128,11 +128,11 @@ def test_admission_messages(text: str) -> None:
     CASES["n"] += 1
     with contextlib.suppress(ProtocolError, AdmissionDenied, HandshakeError):
         obj = admission.parse(text)
-        sharer = admission.SharerAdmission(b"k" * 16, T)
+        sharer = admission.SharerAdmission(admission.Keys(b"k" * 16), T, 0.0)
         sharer.challenge()
         with contextlib.suppress(ProtocolError):
             sharer.receive(obj)
-        admission.ConnectorAdmission(b"k" * 16, T).receive(obj)
+        admission.ConnectorAdmission(b"k" * 16, T, 3600).receive(obj)
 
 
 @fuzz(2_750)

@@ -16,8 +16,11 @@ TIMINGS = control.Timings()
 
 
 def pair(now: float = 0.0, secret: bytes = SECRET) -> tuple[Control, Control]:
-    sharer = Control(Role.SHARER, admission.SharerAdmission(SECRET, T), now)
-    connector = Control(Role.CONNECTOR, admission.ConnectorAdmission(secret, T), now)
+    exp = int(now) + 3600
+    sharer = Control(Role.SHARER, admission.SharerAdmission(admission.Keys(SECRET), T, now),
+                     now)
+    connector = Control(Role.CONNECTOR, admission.ConnectorAdmission(
+        admission.ticket_secret(secret, exp), T, exp), now)
     return sharer, connector
 
 

@@ -52,7 +52,7 @@ class Association:
     def __init__(self, *, client: bool, now: float, port: int = 5000,
                  remote_port: int = 5000, window: int = 4 * 1024 * 1024,
                  max_message: int = 256 * 1024, discover: bool = True,
-                 initial_tsn: int | None = None) -> None:
+                 initial_tsn: int | None = None, tag: int | None = None) -> None:
         if max_message > window:
             raise ValueError("a message must fit in the receive window")
         self.client = client
@@ -61,7 +61,7 @@ class Association:
         self.window = window
         self.max_message = max_message
         self.discover = discover
-        self.tag = secrets.randbits(32) or 1
+        self.tag = (secrets.randbits(32) if tag is None else tag) or 1
         self.peer_tag = 0
         self.initial_tsn = secrets.randbits(32) if initial_tsn is None else initial_tsn
         self.packet_size = plpmtud.BASE

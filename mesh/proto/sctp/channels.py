@@ -116,11 +116,15 @@ def encode_open(label: str, protocol: str, ordered: bool, max_retransmits: int |
 class DataChannels:
     def __init__(self, *, client: bool, now: float, discover: bool = True,
                  max_message: int = 256 * 1024, window: int = 4 * 1024 * 1024,
-                 initial_tsn: int | None = None, remote_port: int = 5000) -> None:
+                 initial_tsn: int | None = None, remote_port: int = 5000,
+                 tag: int | None = None) -> None:
+        """``initial_tsn`` and ``tag`` are random unless given (tests that need two
+        identical associations: the compiled core's objects cannot be deep-copied)."""
         self.client = client
         self.association = Association(client=client, now=now, discover=discover,
                                        max_message=max_message, window=window,
-                                       initial_tsn=initial_tsn, remote_port=remote_port)
+                                       initial_tsn=initial_tsn, remote_port=remote_port,
+                                       tag=tag)
         self.channels: dict[int, Channel] = {}
         self.ready = False
         self._next_id = 0 if client else 1
