@@ -13,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mesh.errors import IdentityError
+
 from . import environ
+from .home import check_private, private_dir
+
+log = logging.getLogger("mesh.status")
 
 Snapshot = Callable[[], dict[str, Any]]
 
@@ -49,7 +55,11 @@ class ControlServer:
     async def start(self) -> None:
         directory = self.path.parent
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(directory)
+        except IdentityError as exc:  # someone else's directory: no socket in it
+            log.warning("no status socket: %s", exc)
+            return
+        try:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
             self._server = await asyncio.start_unix_server(self._handle, str(self.path))
@@ -78,6 +88,7 @@ class ControlServer:
 
 async def query_all(timeout: float = 2.0) -> list[dict[str, Any]]:
     directory = runtime_dir()
+    check_private(directory)  # sockets planted in someone else's directory are not ours
     results: list[dict[str, Any]] = []
     for sock in sorted(directory.glob("*.sock")) if directory.is_dir() else []:
         try:

@@ -20,6 +20,7 @@ def test_created_0600_and_stable(tmp_path: Path) -> None:
 
 def test_corrupt_key_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "identity.key").write_text("nonsense")
+    (tmp_path / "identity.key").chmod(0o600)
     with pytest.raises(IdentityError, match="not a mesh identity"):
         load_or_create(tmp_path)
 
