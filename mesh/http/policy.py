@@ -121,7 +121,15 @@ def connection_tokens(headers: Headers) -> set[bytes]:
 
 
 def is_upgrade(headers: Headers) -> bool:
-    return b"upgrade" in connection_tokens(headers) and header(headers, b"upgrade") is not None
+    """A protocol switch to pass on (WebSocket and the like). Never ``h2c``: after a 101
+    to it the connection would be a byte splice the header policy no longer sees, so
+    the request goes on as HTTP/1.1 with ``Upgrade`` and ``HTTP2-Settings`` dropped
+    as the hop-by-hop headers they are (RFC 9113 3.1 lets a server ignore it)."""
+    upgrade = header(headers, b"upgrade")
+    if upgrade is None or b"upgrade" not in connection_tokens(headers):
+        return False
+    protocols = {p.strip().lower().split(b"/")[0] for p in upgrade.split(b",")}
+    return b"h2c" not in protocols
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:

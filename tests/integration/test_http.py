@@ -223,6 +223,20 @@ def test_websocket_echo(inproc: InProc, service: Service) -> None:
     assert (ev["status"], ev["state"]) == (101, "upgraded")
 
 
+def test_an_h2c_upgrade_goes_on_as_http11_under_the_header_policy(
+        inproc: InProc, service: Service) -> None:
+    """A 101 to h2c would turn the connection into a splice the policy no longer
+    sees; the service never gets the offer (and any mix with h2c is refused too)."""
+    hs = http_share(inproc, service)
+    for upgrade in ("h2c", "H2C", "websocket, h2c", "h2c/1"):
+        status, _, body = request(hs.port, "GET", "/echo?h2c", headers={
+            "Connection": "Upgrade, HTTP2-Settings", "Upgrade": upgrade,
+            "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"})
+        assert status == 200, upgrade
+        seen = {k.lower() for k in json.loads(body)["headers"]}
+        assert not seen & {"upgrade", "http2-settings"}, (upgrade, seen)
+
+
 # -- access and headers ---------------------------------------------------------------
 
 def test_basic_auth(inproc: InProc, service: Service) -> None:
