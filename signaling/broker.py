@@ -3,17 +3,21 @@
 A *broker* knows which node ids are attached to which live session and moves
 opaque payloads to them. The in-memory broker serves one process; a Redis
 broker (several instances) implements the same interface. Sessions attach with
-a *mailbox*: a non-blocking sink the broker drops payloads into.
+a *mailbox*: a non-blocking sink the broker drops payloads into. A payload is
+encoded into its ``deliver`` frame once, and that one string is queued for
+every session of the recipient (a node may hold eight).
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from mesh.proto import frames as p
+
 
 class Mailbox(Protocol):
-    def deliver(self, sender: str, payload: bytes) -> bool:
-        """Queue a payload for this session; False if the session cannot take it."""
+    def deliver_frame(self, frame: str) -> bool:
+        """Queue an encoded ``deliver`` frame; False if the session cannot take it."""
         ...
 
     def replaced(self) -> None:
@@ -116,7 +120,8 @@ class MemoryBroker:
         boxes = self._nodes.get(to)
         if not boxes:
             return "unknown-destination"
-        delivered = [box.deliver(sender, payload) for box in list(boxes)]
+        frame = p.encode(p.Deliver(sender, payload))
+        delivered = [box.deliver_frame(frame) for box in list(boxes)]
         return "ok" if any(delivered) else "recipient-busy"
 
     async def online(self, node: str) -> bool:

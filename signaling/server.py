@@ -58,6 +58,9 @@ class ServerConfig:
     register_timeout: float = 10.0
     """Seconds a new connection has to register."""
     outbox: int = 256
+    outbox_bytes: int = 512 * 1024
+    """Bytes of frames one session may have waiting; beyond, frames to it are dropped
+    (a sender gets "recipient-busy")."""
     """Frames queued for one slow client before further ones are refused."""
     stun_urls: tuple[str, ...] = field(default=())
     """STUN URLs handed to each registered node."""
@@ -79,6 +82,8 @@ class ServerConfig:
             names.check_positive(getattr(self, what), "--" + what.replace("_", "-"))
         if self.max_conns_per_ip < 1 or self.outbox < 1 or self.max_frame < 1024:
             raise ConfigError("--max-conns-per-ip must be at least 1")
+        if self.outbox_bytes < 2 * self.max_frame:
+            raise ConfigError("the outbox must hold at least two of the largest frames")
 
     def ice_servers(self, node: str, now: float) -> tuple[dict[str, Any], ...]:
         servers: list[dict[str, Any]] = []
@@ -94,15 +99,18 @@ class ServerConfig:
 class _Session:
     """One WebSocket connection; also the broker's mailbox for its node."""
 
-    def __init__(self, ws: web.WebSocketResponse, outbox: int) -> None:
+    def __init__(self, ws: web.WebSocketResponse, outbox: int, outbox_bytes: int) -> None:
         self.ws = ws
         self.node: str | None = None
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=outbox)
+        self.queued_bytes = 0
+        """Characters of frames waiting to be written (bounded by ``outbox_bytes``)."""
+        self.outbox_bytes = outbox_bytes
         self.closing = False
         self.close_code = WSCloseCode.OK
 
-    def deliver(self, sender: str, payload: bytes) -> bool:
-        return self.push(p.encode(p.Deliver(sender, payload)))
+    def deliver_frame(self, frame: str) -> bool:
+        return self.push(frame)
 
     def replaced(self) -> None:
         self.push(p.encode(p.Error("replaced", "this node registered from elsewhere", None)))
@@ -116,12 +124,13 @@ class _Session:
         self.close_soon()
 
     def push(self, text: str) -> bool:
-        if self.closing:
-            return False
+        if self.closing or self.queued_bytes + len(text) > self.outbox_bytes:
+            return False  # a session that does not read is dropped frames, not memory
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             return False
+        self.queued_bytes += len(text)
         return True
 
     def close_soon(self) -> None:
@@ -136,6 +145,7 @@ class _Session:
                 text = await self.queue.get()
                 if text is None:
                     break
+                self.queued_bytes -= len(text)
                 await self.ws.send_str(text)
         except (ConnectionError, RuntimeError):
             pass
@@ -260,7 +270,7 @@ class SignalServer:
                                                "too many connections from your address", None)))
             await ws.close()
             return ws
-        session = _Session(ws, self.config.outbox)
+        session = _Session(ws, self.config.outbox, self.config.outbox_bytes)
         self._sessions.add(session)
         if self._stopping:
             session.going_away()

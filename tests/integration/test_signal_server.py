@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -233,3 +235,40 @@ async def test_sigterm_with_20_peers_exits_within_2_s_and_the_ports_are_free_at_
     finally:
         for client in clients:
             await client.close()
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_sessions_that_never_read_cannot_make_the_server_hold_their_mail(
+        mesh: Mesh) -> None:
+    """Eight sessions of one key that never read, and a sender of the largest frames:
+    each session's outbox is bounded in bytes and the frame is encoded once for all
+    eight, so the server holds at most a few MB (it held ~+339 MB before)."""
+    proc = mesh.start("signal", "--port", "0", "--stun-port", "0", "--json",
+                      "--rate", "1000")
+    url = str(proc.event("ready")["url"])
+    async with aiohttp.ClientSession() as http:
+        victim = Identity.generate()
+        sleepers = [(await register(http, url, victim))[0] for _ in range(8)]
+        sender, _ = await register(http, url)
+        await asyncio.sleep(0.5)
+        base = _rss_kb(proc.p.pid)
+        blob = os.urandom(40 * 1024)  # a 64 KiB frame once base64-encoded
+        for i in range(600):
+            await sender.send_str(p.encode(p.Send(victim.node_id, blob, i)))
+        codes: list[str] = []
+        while len(codes) < 50:  # only refused sends are answered
+            msg = await recv(sender, timeout=20)
+            if msg.get("type") == "error":
+                codes.append(str(msg["code"]))
+        grown_mb = (_rss_kb(proc.p.pid) - base) / 1024
+        assert "recipient-busy" in codes  # told, not silently queued
+        assert grown_mb < 30, f"the server grew {grown_mb:.0f} MB"
+        await still_serves(http, url)  # a legitimate pair still gets through
+        for ws in sleepers:
+            await ws.close()
