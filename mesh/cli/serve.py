@@ -114,11 +114,20 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
               type=click.IntRange(1), help="Open requests per share (503 beyond).")
 @click.option("--share-timeout", default=30.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a share has to start answering (504 beyond).")
+@click.option("--max-requests-per-client", default=32, show_default=True,
+              type=click.IntRange(1), help="Open requests per client address (503 beyond).")
+@click.option("--max-conns-per-client", default=64, show_default=True,
+              type=click.IntRange(1),
+              help="Open connections per client address (503 and closed beyond).")
+@click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a request body may stay silent (408 beyond).")
 @json_option
 def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
                 signal_urls: tuple[str, ...], public_url: str | None, max_body: int,
                 rate_per_share: float, rate_per_client: float, burst: float,
-                max_streams_per_share: int, share_timeout: float, as_json: bool) -> None:
+                max_streams_per_share: int, share_timeout: float,
+                max_requests_per_client: int, max_conns_per_client: int, body_timeout: float,
+                as_json: bool) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
     from mesh.node.config import GatewayConfig
     from mesh.proto.names import parse_hostport
@@ -130,7 +139,9 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
             tls_cert=tls_cert, tls_key=tls_key, public_url=public_url, max_body=max_body,
             rate_per_share=rate_per_share, burst_per_share=burst,
             rate_per_client=rate_per_client, burst_per_client=burst,
-            max_streams_per_share=max_streams_per_share, share_timeout=share_timeout)
+            max_streams_per_share=max_streams_per_share, share_timeout=share_timeout,
+            max_requests_per_client=max_requests_per_client,
+            max_conns_per_client=max_conns_per_client, body_timeout=body_timeout)
 
     out = Output(as_json)
     config = configured(as_json, build)

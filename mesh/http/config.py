@@ -31,7 +31,10 @@ class HttpConfig:
     header_timeout: float = 10.0
     """Seconds a client has to finish a request head."""
     keepalive_timeout: float = 75.0
-    """Seconds an idle keep-alive connection, or a silent request body, is kept."""
+    """Seconds an idle keep-alive connection is kept."""
+    body_timeout: float = 10.0
+    """Seconds a request body may go silent before the request is abandoned (a client
+    that sends a head and no body must not hold a stream for long)."""
     max_head: int = 16 * 1024
     """Largest request head (request line and headers)."""
     body_cap: int = 128 * 1024
@@ -53,7 +56,8 @@ class HttpConfig:
             raise ConfigError("--host-header must be rewrite or a host[:port] without spaces")
         if self.inspect is not None:
             parse_loopback(self.inspect, "--inspect")  # the inspector can replay: loopback
-        for what in ("header_timeout", "keepalive_timeout", "upstream_timeout"):
+        for what in ("header_timeout", "keepalive_timeout", "body_timeout",
+                     "upstream_timeout"):
             check_positive(getattr(self, what), what)
         if self.max_head < 256 or self.body_cap < 0 or self.history < 0:
             raise ConfigError("max_head must be at least 256, body_cap and history >= 0")

@@ -95,6 +95,10 @@ class BodyTooLarge(Exception):
     """The request body went over ``max_body`` while streaming."""
 
 
+class BodySilent(Exception):
+    """The request body went silent for ``body_timeout`` seconds."""
+
+
 class Upstream:
     """An HTTP/1.1 client connection over a ``Duplex``."""
 
@@ -292,6 +296,10 @@ class HttpProxy:
         except BodyTooLarge:
             await self._refuse(Refusal(413, f"request body over {self.config.max_body} bytes"))
             self._end(ex, 413, "error", "body too large")
+        except BodySilent:
+            await self._refuse(Refusal(408, "mesh: the request body stopped for "
+                                            f"{self.config.body_timeout:g} s"))
+            self._end(ex, 408, "error", "request body went silent")
         except (ConnectionError, OSError, h11.ProtocolError, UpstreamError) as exc:
             if self.conn.our_state is h11.SEND_RESPONSE:  # nothing sent to the client yet
                 await self._refuse(Refusal(502, "mesh: the service closed the connection "
@@ -324,7 +332,7 @@ class HttpProxy:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 conn.receive_data(await asyncio.wait_for(self.client.read(READ),
-                                                         self.config.keepalive_timeout))
+                                                         self.config.body_timeout))
                 continue
             if isinstance(event, h11.Data):
                 size += len(event.data)
@@ -394,6 +402,9 @@ class HttpProxy:
                 exc = body.exception()
                 if isinstance(exc, BodyTooLarge):
                     raise exc
+                if isinstance(exc, TimeoutError):
+                    up.io.abort("the request body went silent")
+                    raise BodySilent()
         finally:
             if not nxt.done():
                 nxt.cancel()

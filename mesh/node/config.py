@@ -190,7 +190,14 @@ class GatewayConfig:
     max_head: int = 16 * 1024
     header_timeout: float = 10.0
     idle_timeout: float = 30.0
-    """Seconds a keep-alive connection, or a request body, may stay silent."""
+    """Seconds a keep-alive connection may stay silent."""
+    body_timeout: float = 10.0
+    """Seconds a request body may stay silent (the request is abandoned)."""
+    max_requests_per_client: int = 32
+    """Requests one client address may have open at once (503 beyond): half a share's
+    stream limit, so one address cannot take all of a share's streams."""
+    max_conns_per_client: int = 64
+    """Connections one client address may hold open (refused beyond)."""
     share_timeout: float = 30.0
     """Seconds a share has to start its response (then 504)."""
     rate_per_share: float = 100.0
@@ -216,6 +223,10 @@ class GatewayConfig:
             names.check_http_url(self.public_url, "--public-url")
         if self.max_body < 0 or self.max_streams_per_share < 1:
             raise ConfigError("--max-body must be >= 0 and --max-streams-per-share >= 1")
-        _positive(self, "header_timeout", "idle_timeout", "share_timeout", "rate_per_share",
+        if self.max_requests_per_client < 1 or self.max_conns_per_client < 1:
+            raise ConfigError("--max-requests-per-client and --max-conns-per-client must be "
+                              "at least 1")
+        _positive(self, "header_timeout", "idle_timeout", "body_timeout", "share_timeout",
+                  "rate_per_share",
                   "burst_per_share", "rate_per_client", "burst_per_client",
                   "resolve_timeout", "recheck")

@@ -95,6 +95,15 @@ class _Clients:
         return bucket.take(now)
 
 
+def _count(counts: dict[str, int], key: str, step: int) -> None:
+    """Add ``step`` to ``counts[key]``, forgetting keys that reach zero."""
+    value = counts.get(key, 0) + step
+    if value > 0:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
+
+
 def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, bytes] | None:
     """(share name, target to forward) for a request, or None. Pure."""
     path = target.decode("latin-1")
@@ -136,10 +145,15 @@ class Gateway:
         self._clients = _Clients(config.rate_per_client, config.burst_per_client)
         self._http = HttpConfig(
             inspect=None, header_timeout=config.header_timeout,
-            keepalive_timeout=config.idle_timeout, max_head=config.max_head,
+            keepalive_timeout=config.idle_timeout, body_timeout=config.body_timeout,
+            max_head=config.max_head,
             response_timeout=config.share_timeout, max_body=config.max_body,
             upstream_timeout=config.resolve_timeout)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._open: dict[str, int] = {}
+        """Open requests per client address."""
+        self._conns: dict[str, int] = {}
+        """Open connections per client address."""
 
     def emit(self, event: events.Event) -> None:
         with contextlib.suppress(Exception):
@@ -229,8 +243,17 @@ class Gateway:
                          writer: asyncio.StreamWriter) -> None:
         caller = TcpDuplex(reader, writer)
         client = caller.peer()
-        await HttpProxy(caller, _Caller(self, client), config=self._http, store=self.store,
-                        on_request=self._log, client_addr=client).run()
+        if self._conns.get(client, 0) >= self.config.max_conns_per_client:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
+                         b"retry-after: 5\r\nconnection: close\r\n\r\n")
+            writer.close()  # before anything is read: an idle flood holds nothing here
+            return
+        _count(self._conns, client, +1)
+        try:
+            await HttpProxy(caller, _Caller(self, client), config=self._http,
+                            store=self.store, on_request=self._log, client_addr=client).run()
+        finally:
+            _count(self._conns, client, -1)
 
     def _log(self, ex: Exchange) -> None:
         self.emit(events.Request.from_exchange(ex))
@@ -265,6 +288,9 @@ class Gateway:
         if not entry.bucket.take(now):
             return Refusal(503, f"mesh gateway: the share {name!r} is over its request "
                                 "rate; retry shortly", (("retry-after", "1"),))
+        if self._open.get(client, 0) >= cfg.max_requests_per_client:
+            return Refusal(503, "mesh gateway: too many open requests from your address; "
+                                "finish one first", (("retry-after", "1"),))
         if entry.streams >= cfg.max_streams_per_share:
             return Refusal(503, f"mesh gateway: the share {name!r} has too many open "
                                 "requests; retry shortly", (("retry-after", "1"),))
@@ -278,9 +304,11 @@ class Gateway:
         out = forwarded(out, client=client, proto=b"https" if self._tls else b"http",
                         host=host) + framing(headers)
         entry.streams += 1
+        _count(self._open, client, +1)
 
         def release() -> None:
             entry.streams -= 1
+            _count(self._open, client, -1)
 
         return Route(key=name, opener=entry.tunnel.open_stream, target=target, headers=out,
                      peer=name, release=release)

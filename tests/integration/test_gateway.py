@@ -365,3 +365,55 @@ def test_tls_gateway(mesh: Mesh, service: Service, tmp_path: Path) -> None:  # n
                        str(tmp_path / "missing.pem"), "--tls-key", str(key), "--signal", url,
                        home="gw2")
         assert bad.returncode == 2 and "TLS certificate" in bad.stderr
+
+
+def _stalled_post(env: Env, name: str, source: str) -> socket.socket:
+    """A POST that announces a body and never sends it, from ``source``."""
+    s = socket.create_connection((env.host, env.port), timeout=20, source_address=(source, 0))
+    s.sendall(f"POST /echo?stalled HTTP/1.1\r\nHost: {name}.{DOMAIN}\r\n"
+              "Content-Length: 1000\r\n\r\n".encode())
+    return s
+
+
+def _get_from(env: Env, name: str, source: str) -> bytes:
+    with socket.create_connection((env.host, env.port), timeout=20,
+                                  source_address=(source, 0)) as s:
+        s.sendall(f"GET /hello?from={source} HTTP/1.1\r\nHost: {name}.{DOMAIN}\r\n"
+                  "Connection: close\r\n\r\n".encode())
+        return s.recv(200)
+
+
+def test_one_client_cannot_hold_a_shares_streams_or_the_gateways_sockets(
+        mesh: Mesh, service: Service) -> None:  # noqa: F811
+    """Bodiless POSTs from one address are capped per client and abandoned when their
+    body stays silent; idle connections from one address are capped too. Another
+    client (another loopback address) is served throughout."""
+    with start_env(mesh, max_requests_per_client=4, body_timeout=1.5,
+                   max_conns_per_client=20) as env:
+        env.share(service.port, "victim")
+        stalled = [_stalled_post(env, "victim", "127.0.0.1") for _ in range(10)]
+        time.sleep(0.5)
+        answers = []
+        for s in stalled[4:]:  # beyond the cap: refused at once
+            s.settimeout(5)
+            answers.append(s.recv(100))
+        assert all(a.startswith(b"HTTP/1.1 503") for a in answers), answers
+        assert _get_from(env, "victim", "127.0.0.2").startswith(b"HTTP/1.1 200")
+        time.sleep(2.5)  # the silent bodies are abandoned: the first client is served again
+        for s in stalled[:4]:
+            s.settimeout(5)
+            assert s.recv(100).startswith(b"HTTP/1.1 408")
+        assert _get_from(env, "victim", "127.0.0.1").startswith(b"HTTP/1.1 200")
+        for s in stalled:
+            s.close()
+        idle = [socket.create_connection((env.host, env.port), timeout=20)
+                for _ in range(25)]
+        time.sleep(0.5)
+        refused = 0
+        for s in idle[20:]:
+            s.settimeout(5)
+            refused += s.recv(100).startswith(b"HTTP/1.1 503")
+        assert refused == 5
+        assert _get_from(env, "victim", "127.0.0.2").startswith(b"HTTP/1.1 200")
+        for s in idle:
+            s.close()
