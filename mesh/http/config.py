@@ -32,9 +32,9 @@ class HttpConfig:
     """Seconds a client has to finish a request head."""
     keepalive_timeout: float = 75.0
     """Seconds an idle keep-alive connection is kept."""
-    body_timeout: float = 10.0
-    """Seconds a request body may go silent before the request is abandoned (a client
-    that sends a head and no body must not hold a stream for long)."""
+    body_timeout: float = 60.0
+    """Seconds a request body may go silent before the request is abandoned with 408
+    (nginx's client_body_timeout; the public gateway uses 10 s)."""
     max_head: int = 16 * 1024
     """Largest request head (request line and headers)."""
     body_cap: int = 128 * 1024
