@@ -10,9 +10,12 @@ every session of the recipient (a node may hold eight).
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from mesh.proto import frames as p
+
+from .names import NameBook, NameRules
 
 
 class Mailbox(Protocol):
@@ -48,7 +51,8 @@ class Broker(Protocol):
         ...
 
     async def claim_name(self, name: str, node: str) -> str:
-        """Bind ``name`` to ``node`` unless another node holds it; return the holder."""
+        """Bind ``name`` to ``node`` unless another node holds it; return the holder.
+        ``NameQuota`` if ``node`` holds as many names as it may (names.py)."""
         ...
 
     async def release_name(self, name: str, node: str) -> bool:
@@ -78,23 +82,21 @@ MAX_SESSIONS = 8
 class MemoryBroker:
     """All nodes in one process."""
 
-    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+    def __init__(self, max_sessions: int = MAX_SESSIONS,
+                 names: NameRules | None = None) -> None:
         self._nodes: dict[str, list[Mailbox]] = {}
         self._max = max_sessions
-        self._names: dict[str, str] = {}
+        self._names = NameBook(names or NameRules())
         self._gateway: dict[str, str] | None = None
 
     async def claim_name(self, name: str, node: str) -> str:
-        return self._names.setdefault(name, node)
+        return self._names.claim(name, node, time.time(), self.has)
 
     async def release_name(self, name: str, node: str) -> bool:
-        if self._names.get(name) != node:
-            return False
-        del self._names[name]
-        return True
+        return self._names.release(name, node)
 
     async def name_owner(self, name: str) -> str | None:
-        return self._names.get(name)
+        return self._names.owner(name, time.time(), self.has)
 
     async def set_gateway(self, info: dict[str, str]) -> None:
         self._gateway = dict(info)

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from mesh.proto.identity import NODE_ID_LEN
 
 from .broker import MAX_SESSIONS, Mailbox, MemoryBroker
+from .names import NameQuota, NameRules
 
 log = logging.getLogger("mesh.signal.redis")
 
@@ -84,6 +85,50 @@ class _Batcher:
 
 
 NAMES_KEY = "mesh:names"
+NAMES_SEEN_KEY = "mesh:names:seen"
+"""name -> when its holder last claimed it (names.py's rules)."""
+NAMES_BY_NODE = "mesh:names:of:"
+"""+ node id: the set of names the node holds."""
+# names.py's NameBook.claim, atomically: KEYS names, seen, by-node set of the claimant;
+# ARGV name, node, now, offline ttl, max per node, presence key prefix, by-node prefix.
+# Returns the holder, or "" when the claimant is at its quota. A name kept before
+# "seen" existed counts as seen now.
+CLAIM = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+local now = tonumber(ARGV[3])
+if owner == ARGV[2] then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[1])
+  return owner
+end
+if owner then
+  local seen = redis.call('HGET', KEYS[2], ARGV[1])
+  if not seen then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+    return owner
+  end
+  local online = redis.call('ZCOUNT', ARGV[6] .. owner, ARGV[3], '+inf')
+  if online > 0 or now - tonumber(seen) < tonumber(ARGV[4]) then
+    return owner
+  end
+  redis.call('SREM', ARGV[7] .. owner, ARGV[1])
+end
+if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[5]) then
+  return ''
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+return ARGV[2]
+"""
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
 GATEWAY_KEY = "mesh:gateway"
 RATE_SYNC = 0.1
 
@@ -92,8 +137,10 @@ class RedisBroker:
     """``Broker`` over Redis; local sessions are kept in an inner ``MemoryBroker``."""
 
     def __init__(self, url: str, instance: str, ttl: float = 15.0,
-                 rate_per_node: int = 200, max_sessions: int = MAX_SESSIONS) -> None:
+                 rate_per_node: int = 200, max_sessions: int = MAX_SESSIONS,
+                 names: NameRules | None = None) -> None:
         self.url = url
+        self.names = names or NameRules()
         self.instance = instance
         self.ttl = ttl
         self.rate_per_node = rate_per_node
@@ -250,24 +297,33 @@ class RedisBroker:
 
     # -- public names: a hash shared by every instance; first claim wins (HSETNX) --
     async def claim_name(self, name: str, node: str) -> str:
-        r = self._redis_client()
-        await r.hsetnx(NAMES_KEY, name, node)
-        owner = await r.hget(NAMES_KEY, name)
-        return owner.decode() if isinstance(owner, bytes) else str(owner)
+        rules = self.names
+        owner = await self._redis_client().eval(
+            CLAIM, 3, NAMES_KEY, NAMES_SEEN_KEY, NAMES_BY_NODE + node, name, node,
+            repr(time.time()), repr(rules.offline_ttl), str(rules.max_per_node),
+            self._key(""), NAMES_BY_NODE)
+        text = owner.decode() if isinstance(owner, bytes) else str(owner)
+        if not text:
+            raise NameQuota(f"this node key holds {rules.max_per_node} names, the most it "
+                            "may; release one first")
+        return text
 
     async def release_name(self, name: str, node: str) -> bool:
         # compare-and-delete in one step, so a release never removes a new holder's claim
         done = await self._redis_client().eval(
-            "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
-            "return redis.call('HDEL', KEYS[1], ARGV[1]) else return 0 end",
-            1, NAMES_KEY, name, node)
+            RELEASE, 3, NAMES_KEY, NAMES_SEEN_KEY, NAMES_BY_NODE + node, name, node)
         return bool(done)
 
     async def name_owner(self, name: str) -> str | None:
-        owner = await self._redis_client().hget(NAMES_KEY, name)
+        r = self._redis_client()
+        owner, seen = await r.hget(NAMES_KEY, name), await r.hget(NAMES_SEEN_KEY, name)
         if owner is None:
             return None
-        return owner.decode() if isinstance(owner, bytes) else str(owner)
+        text = owner.decode() if isinstance(owner, bytes) else str(owner)
+        if seen is not None and time.time() - float(seen) >= self.names.offline_ttl and (
+                not await self.online(text)):
+            return None  # claimable; dropped by the next claim
+        return text
 
     async def set_gateway(self, info: dict[str, str]) -> None:
         await self._redis_client().set(GATEWAY_KEY, json.dumps(info))

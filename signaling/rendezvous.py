@@ -114,7 +114,8 @@ class Rendezvous:
         if cfg.redis_url:
             from .redis_broker import RedisBroker
 
-            broker = RedisBroker(cfg.redis_url, instance, ttl=cfg.presence_ttl)
+            broker = RedisBroker(cfg.redis_url, instance, ttl=cfg.presence_ttl,
+                                 names=sig_cfg.names)
         self.signal = SignalServer(sig_cfg, broker, instance=instance)
         self.signal.extra_metrics = self._turn_metrics
         try:

@@ -19,6 +19,7 @@ import logging
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from mesh.proto.identity import verify
 from mesh.proto.limits import ConnectionCounter, TokenBucket
 
 from .broker import Broker, MemoryBroker
+from .names import NameQuota, NameRules
 from .turn import rest_credentials
 
 log = logging.getLogger("mesh.signal")
@@ -58,10 +60,15 @@ class ServerConfig:
     register_timeout: float = 10.0
     """Seconds a new connection has to register."""
     outbox: int = 256
+    """Frames queued for one slow client before further ones are refused."""
     outbox_bytes: int = 512 * 1024
     """Bytes of frames one session may have waiting; beyond, frames to it are dropped
     (a sender gets "recipient-busy")."""
-    """Frames queued for one slow client before further ones are refused."""
+    names: NameRules = field(default_factory=NameRules)
+    """Public names: how many one key may hold, how long an absent holder keeps one."""
+    claim_rate: float = 0.2
+    """Name claims per second from one client address (sustained)."""
+    claim_burst: float = 20.0
     stun_urls: tuple[str, ...] = field(default=())
     """STUN URLs handed to each registered node."""
     turn_urls: tuple[str, ...] = field(default=())
@@ -103,6 +110,7 @@ class _Session:
         self.ws = ws
         self.node: str | None = None
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=outbox)
+        self.addr = "?"
         self.queued_bytes = 0
         """Characters of frames waiting to be written (bounded by ``outbox_bytes``)."""
         self.outbox_bytes = outbox_bytes
@@ -166,7 +174,8 @@ class SignalServer:
         instance: str | None = None,
     ) -> None:
         self.config = config
-        self.broker: Broker = broker or MemoryBroker()
+        self.broker: Broker = broker or MemoryBroker(names=config.names)
+        self._claims: OrderedDict[str, TokenBucket] = OrderedDict()
         self.instance = instance or secrets.token_hex(4)
         self._conns = ConnectionCounter(config.max_conns_per_ip)
         self._rewrite = _rewrite
@@ -271,6 +280,7 @@ class SignalServer:
             await ws.close()
             return ws
         session = _Session(ws, self.config.outbox, self.config.outbox_bytes)
+        session.addr = addr
         self._sessions.add(session)
         if self._stopping:
             session.going_away()
@@ -377,8 +387,21 @@ class SignalServer:
                                                "url": url})
                 self.stats["gateway_announcements"] += 1
 
+    def _claim_allowed(self, addr: str) -> bool:
+        """The per-address claim rate (bounded: the oldest addresses are forgotten)."""
+        bucket = self._claims.pop(addr, None) or TokenBucket(self.config.claim_rate,
+                                                             self.config.claim_burst)
+        self._claims[addr] = bucket
+        while len(self._claims) > 10_000:
+            self._claims.popitem(last=False)
+        return bucket.take(asyncio.get_running_loop().time())
+
     async def _name_op(self, session: _Session, node: str, op: str, name: str,
                        ref: int | None) -> None:
+        if op == "claim" and not self._claim_allowed(session.addr):
+            self._reject(session, "rate-limited", "too many name claims from your address; "
+                         "try again later", ref)
+            return
         try:
             if op == "claim":
                 owner: str | None = await self.broker.claim_name(name, node)
@@ -395,6 +418,9 @@ class SignalServer:
             else:
                 owner = await self.broker.name_owner(name)
             gateway = await self.broker.gateway()
+        except NameQuota as exc:
+            self._reject(session, "name-quota", str(exc), ref)
+            return
         except Exception as exc:  # the broker's backend (Redis) failed: tell the client
             log.warning("name %s %s failed: %s", op, name, exc)
             self._reject(session, "unavailable", "the name service is unavailable", ref)

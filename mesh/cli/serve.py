@@ -50,20 +50,28 @@ from .common import (
               help="With --redis: seconds until a dead instance's nodes vanish.")
 @click.option("--gateway", "gateways", multiple=True, metavar="NODE_ID",
               help="Node id of a `mesh gateway` allowed to announce itself (repeatable).")
+@click.option("--max-names-per-key", default=16, show_default=True, type=click.IntRange(1),
+              help="Public names one node key may hold.")
+@click.option("--name-ttl-days", default=30.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              help="Days a public name stays with a holder that is offline.")
 @json_option
 def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: str | None,
                turn_urls: tuple[str, ...], turn_secret: str | None, relay_allow: tuple[str, ...],
                max_allocations: int, max_allocations_per_user: int, relay_bandwidth: int,
                max_conns_per_ip: int, rate: float, redis_url: str | None,
-               presence_ttl: float, gateways: tuple[str, ...], as_json: bool) -> None:
+               presence_ttl: float, gateways: tuple[str, ...], max_names_per_key: int,
+               name_ttl_days: float, as_json: bool) -> None:
     """Run the rendezvous server: signaling plus STUN/TURN."""
+    from signaling.names import NameRules
     from signaling.rendezvous import RendezvousConfig
     from signaling.server import ServerConfig
 
     out = Output(as_json)
     config = configured(as_json, lambda: RendezvousConfig(
         signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip,
-                            rate=rate, gateways=frozenset(gateways)),
+                            rate=rate, gateways=frozenset(gateways),
+                            names=NameRules(max_names_per_key, name_ttl_days * 86400)),
         stun_port=None if no_turn else stun_port, public_ip=public_ip, turn_urls=turn_urls,
         turn_secret=turn_secret.encode() if turn_secret else None, relay_allow=relay_allow,
         max_allocations=max_allocations, max_allocations_per_user=max_allocations_per_user,

@@ -265,7 +265,8 @@ class SignalClient:
             case p.Error(code, message, ref) if ref is not None and ref in self._names:
                 named = self._names[ref]
                 if not named.done():
-                    named.set_exception(NameTaken(message) if code == "name-taken"
+                    named.set_exception(NameTaken(message)
+                                        if code in ("name-taken", "name-quota")
                                         else NotOwner(message) if code == "not-owner"
                                         else SignalingError(f"signaling: {message}"))
             case p.Error("shutting-down", _, _):

@@ -38,7 +38,8 @@ that caused it. ICE entries are ``{"urls": [..], "username": .., "credential": .
 
 Error codes: ``bad-frame`` (malformed; the server closes), ``too-large``
 (closes), ``rate-limited``, ``not-registered``, ``bad-signature`` (closes),
-``unknown-destination``, ``name-taken``, ``not-owner``, ``not-gateway``,
+``unknown-destination``, ``name-taken``, ``name-quota`` (the key holds as many
+public names as it may), ``not-owner``, ``not-gateway``,
 ``replaced`` (another session registered the same
 node beyond the per-node session limit; closes), ``too-many-connections``
 (closes), ``shutting-down``. Several sessions may register one node id (two
