@@ -10,11 +10,11 @@ documentation, discard, site-local). IPv4 embedded in IPv6 is unwrapped first
 NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, Teredo ``2001::/32``), so a
 denied IPv4 address cannot be reached in IPv6 disguise. ``allow`` ranges
 (``--relay-allow CIDR``) are checked after unwrapping and open a range, e.g.
-a lab's addresses. The server's ``own`` addresses are refused even when they
-look public (RFC 8656 section 21: a relay must not reach services bound on its
-own host), unless an ``allow`` range names them; even then the TURN core
-refuses the server's own ports (turn.py), so a relay never feeds itself.
-Sans-I/O.
+a lab's addresses. The server's ``own`` addresses (``is_own``) get their own
+rules in the TURN core (turn.py, RFC 8656 section 21): another allocation's
+relayed address is a peer like any other (two relayed peers meet that way),
+the server's STUN/TURN ports never are, and any other port on its own host
+only where an ``allow`` range names the address. Sans-I/O.
 """
 
 from __future__ import annotations
@@ -70,6 +70,15 @@ class RelayPolicy:
                 continue  # a name, or 0.0.0.0-style wildcards: nothing to match
         self._seen: dict[str, bool] = {}
 
+    def explicit(self, host: str) -> bool:
+        """Whether an ``allow`` range names ``host`` (IPv4 in IPv6 unwrapped)."""
+        try:
+            ip: IPAddress = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(candidate.version == n.version and candidate in n
+                   for candidate in {ip, unwrap(ip)} for n in self.allow)
+
     def is_own(self, host: str) -> bool:
         """Whether ``host`` is one of the server's own addresses."""
         try:
@@ -92,11 +101,7 @@ class RelayPolicy:
         except ValueError:
             return False
         inner = unwrap(ip)
-        explicit = any(candidate.version == n.version and candidate in n
-                       for candidate in {ip, inner} for n in self.allow)
-        if inner in self.own or ip in self.own:
-            return explicit  # the server's own address: only where a range names it
-        if explicit:
+        if self.explicit(host):
             return True
         if isinstance(inner, ipaddress.IPv4Address):
             if any(inner in n for n in DENIED_V4):

@@ -130,10 +130,20 @@ class TurnCore:
         self.service_ports: set[int] = set()
         """The server's own STUN/TURN ports (set by the server once bound)."""
 
-    def _own_port(self, peer: s.Address) -> bool:
-        """A port of this server at one of its addresses: a relay must not feed itself."""
-        return self.policy.is_own(peer[0]) and (peer[1] in self.service_ports
-                                                or peer[1] in self._by_port)
+    def _allowed(self, peer: s.Address, permission: bool = False) -> bool:
+        """Whether the relay may exchange datagrams with ``peer``. On the server's own
+        address (RFC 8656 section 21): another allocation's relayed address yes (two
+        relayed peers), the STUN/TURN ports never, other ports (services on this
+        host) only where --relay-allow names the address. A permission is per IP, so
+        for the server's own address it is granted and each datagram is checked."""
+        host, port = peer
+        if not self.policy.is_own(host):
+            return self.policy.permitted(host)
+        if permission:
+            return True
+        if port in self.service_ports:
+            return False
+        return port in self._by_port or self.policy.explicit(host)
 
     # -- entry points ----------------------------------------------------------------
     def from_client(self, client: ClientKey, data: bytes, now: float) -> list[Output]:
@@ -154,7 +164,7 @@ class TurnCore:
         alloc = self._by_port.get(relay_port)
         if alloc is None or alloc.expires < now:
             return []
-        if alloc.permissions.get(peer[0], 0) < now or self._own_port(peer):
+        if alloc.permissions.get(peer[0], 0) < now or not self._allowed(peer):
             return []
         if alloc.down is not None and not alloc.down.take(now, len(data)):
             return []
@@ -344,9 +354,9 @@ class TurnCore:
         alloc.expires = now + lifetime
         return ((s.LIFETIME, s.u32(lifetime)),), []
 
-    def _peer(self, msg: s.Message, value: bytes) -> s.Address:
+    def _peer(self, msg: s.Message, value: bytes, permission: bool = False) -> s.Address:
         peer = s.parse_xor_address(value, msg.txid)
-        if not self.policy.permitted(peer[0]) or self._own_port(peer):
+        if not self._allowed(peer, permission):
             raise _Reject(403, "Forbidden")
         return peer
 
@@ -356,7 +366,7 @@ class TurnCore:
         values = msg.get_all(s.XOR_PEER_ADDRESS)
         if not values:
             raise _Reject(400, "Bad Request")
-        peers = [self._peer(msg, v) for v in values]  # all or nothing
+        peers = [self._peer(msg, v, permission=True) for v in values]  # all or nothing
         for peer in peers:
             alloc.permissions[peer[0]] = now + self.config.permission_lifetime
         return (), []
@@ -406,8 +416,7 @@ class TurnCore:
 
     def _relay_out(self, alloc: Allocation, peer: s.Address, data: bytes, now: float
                    ) -> list[Output]:
-        if (alloc.permissions.get(peer[0], 0) < now or not self.policy.permitted(peer[0])
-                or self._own_port(peer)):
+        if alloc.permissions.get(peer[0], 0) < now or not self._allowed(peer):
             return []
         if alloc.up is not None and not alloc.up.take(now, len(data)):
             return []

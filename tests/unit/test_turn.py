@@ -294,37 +294,50 @@ def own_core(allow: tuple[str, ...] = ()) -> TurnCore:
 
 
 @pytest.mark.parametrize("own", [OWN, "::ffff:8.8.4.4", "64:ff9b::808:404"])
-def test_the_relay_never_reaches_its_own_host(own: str) -> None:
+def test_the_relay_never_reaches_services_on_its_own_host(own: str) -> None:
     """RFC 8656 section 21: a service bound on the relay's host is not a peer, in any
     disguise, unless the operator opened the address with --relay-allow."""
-    c = Client(own_core())
-    c.allocate()
-    for method, attrs in ((s.CREATE_PERMISSION, ()),
-                          (s.CHANNEL_BIND, ((s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),))):
-        tx = secrets.token_bytes(12)
-        assert c.code(c.request(method, *attrs, c.peer_attr((own, 9999), tx), txid=tx)) == 403
-
-
-def test_even_an_allowed_own_address_never_reaches_the_servers_own_ports() -> None:
-    """--relay-allow may open the host (a lab, a sharer beside the server), but never
-    its STUN/TURN ports or another allocation's relay port: no TURN inside TURN."""
-    core = own_core(allow=("8.8.4.0/24",))
+    core = own_core()
     c = Client(core)
     c.allocate()
-    other = Client(core, ("udp", ("203.0.113.77", 1)), "n2")
-    other.allocate()  # relay port 50001
-    for port in (3478, 3479, 50001, 50000):
-        tx = secrets.token_bytes(12)
-        reply = c.request(s.CHANNEL_BIND, (s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),
-                          c.peer_attr((OWN, port), tx), txid=tx)
-        assert c.code(reply) == 403, port
     tx = secrets.token_bytes(12)
-    assert c.request(s.CREATE_PERMISSION, c.peer_attr((OWN, 1), tx), txid=tx).cls == s.SUCCESS
-    for port in (3478, 50001):
-        ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((OWN, port), tx),
-                                                   (s.DATA_ATTR, b"loop"))).encode()
-        assert core.from_client(CLIENT, ind, NOW) == []
-        assert core.from_peer(50000, (OWN, port), b"loop", NOW) == []
-    ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((OWN, 8080), tx),
-                                               (s.DATA_ATTR, b"ok"))).encode()
-    assert core.from_client(CLIENT, ind, NOW) == [ToPeer(50000, (OWN, 8080), b"ok")]
+    reply = c.request(s.CHANNEL_BIND, (s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),
+                      c.peer_attr((own, 9999), tx), txid=tx)
+    assert c.code(reply) == 403
+    tx = secrets.token_bytes(12)  # a permission is per IP: granted, each datagram checked
+    assert c.request(s.CREATE_PERMISSION, c.peer_attr((own, 1), tx), txid=tx).cls == s.SUCCESS
+    ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((own, 9999), tx),
+                                               (s.DATA_ATTR, b"x"))).encode()
+    assert core.from_client(CLIENT, ind, NOW) == []
+    assert core.from_peer(50000, (own, 9999), b"x", NOW) == []
+
+
+def test_the_servers_own_ports_are_never_peers_but_other_allocations_are() -> None:
+    """Even where --relay-allow opens the host (a lab, a sharer beside the server), its
+    STUN/TURN ports are never reached (no TURN inside TURN); another allocation's
+    relayed address is a peer, as when both ends of a connection are relayed."""
+    for allow in ((), ("8.8.4.0/24",)):
+        core = own_core(allow=allow)
+        c = Client(core)
+        c.allocate()  # relay port 50000
+        other = Client(core, ("udp", ("203.0.113.77", 1)), "n2")
+        other.allocate()  # relay port 50001
+        for port in (3478, 3479):
+            tx = secrets.token_bytes(12)
+            reply = c.request(s.CHANNEL_BIND, (s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),
+                              c.peer_attr((OWN, port), tx), txid=tx)
+            assert c.code(reply) == 403, (allow, port)
+            ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((OWN, port), tx),
+                                                       (s.DATA_ATTR, b"loop"))).encode()
+            assert core.from_client(CLIENT, ind, NOW) == []
+            assert core.from_peer(50000, (OWN, port), b"loop", NOW) == []
+        tx = secrets.token_bytes(12)
+        assert c.request(s.CHANNEL_BIND, (s.CHANNEL_NUMBER, b"\x40\x00\x00\x00"),
+                         c.peer_attr((OWN, 50001), tx), txid=tx).cls == s.SUCCESS
+        assert core.from_client(CLIENT, s.channel_data(0x4000, b"relay to relay"), NOW) == [
+            ToPeer(50000, (OWN, 50001), b"relay to relay")]
+        tx = secrets.token_bytes(12)
+        ind = s.Message(s.SEND, s.INDICATION, tx, (c.peer_attr((OWN, 8080), tx),
+                                                   (s.DATA_ATTR, b"svc"))).encode()
+        want = [ToPeer(50000, (OWN, 8080), b"svc")] if allow else []
+        assert core.from_client(CLIENT, ind, NOW) == want
