@@ -21,5 +21,5 @@ def test_veth_benchmark_measures_each_path(tmp_path: Path) -> None:
     for name in ("tcp", "mesh", "aiortc"):
         assert paths[name]["mb_s"] > 0, paths[name]
     assert paths["mesh"]["packet_bytes"] == 1400  # PLPMTUD's size on a 1500-MTU link
-    assert paths["mesh"]["us_per_packet_a"] > 0 and paths["mesh"]["x_floor"] > 0
+    assert paths["mesh"]["us_per_1400b_a"] > 0 and paths["mesh"]["x_floor"] > 0
     assert "| mesh |" in (tmp_path / "veth.md").read_text()
