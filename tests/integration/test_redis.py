@@ -143,7 +143,7 @@ def test_a_burst_of_envelopes_is_routed_not_dropped(redis_url: str) -> None:
         def __init__(self) -> None:
             self.got = 0
 
-        def deliver(self, sender: str, payload: bytes) -> bool:
+        def deliver_frame(self, frame: str) -> bool:
             self.got += 1
             return True
 
