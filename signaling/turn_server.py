@@ -7,6 +7,13 @@ expires allocations, permissions and channels. Relayed datagrams leave with
 DF set (sockopt.py), so a datagram too large for a leg is dropped
 rather than fragmented: a peer's path MTU probe through the relay then
 measures the whole path.
+
+Every UDP socket is read in batches (``_Drain``): each readiness drains the
+socket until it would block and the core's outputs for the whole batch are
+dispatched together. asyncio's datagram transport hands over one datagram per
+event-loop turn, which made the relay, not the peers, the limit of a relayed
+path. A relayed datagram the kernel cannot take at once is dropped, as a
+router would.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import contextlib
 import errno
 import itertools
 import logging
+import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from mesh.errors import AddressInUse
@@ -41,6 +49,42 @@ def _naming(host: str, port: int, proto: str) -> Iterator[None]:
                            "--stun-port (0 picks a free one) or --no-turn") from exc
 
 
+BATCH = 256
+"""Datagrams read per readiness at most (then other sockets get their turn)."""
+
+
+class _Drain:
+    """Reads one UDP socket until it would block, per readiness; one dispatch per batch."""
+
+    def __init__(self, sock: socket.socket, server: TurnServer,
+                 handle: Callable[[bytes, tuple[str, int], float], list[Output]]) -> None:
+        self.sock = sock
+        self._server = server
+        self._handle = handle
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._read)
+
+    def _read(self) -> None:
+        sock, handle = self.sock, self._handle
+        now = time.time()
+        out: list[Output] = []
+        for _ in range(BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # an ICMP error surfacing on the socket
+            out += handle(data, (addr[0], addr[1]), now)
+        if out:
+            self._server.dispatch(out)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: TurnServer, name: str = "udp") -> None:
         self.server = server
@@ -49,23 +93,29 @@ class _Udp(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.drain: _Drain | None = None
+
+    def take_over(self) -> None:
+        """Read in batches from here on (a duplicate descriptor: asyncio's stays its)."""
+        assert self.transport is not None
+        raw = self.transport.get_extra_info("socket")
+        sock = socket.socket(raw.family, socket.SOCK_DGRAM, fileno=os.dup(raw.fileno()))
+        sock.setblocking(False)
+        cast(Any, self.transport).pause_reading()  # (a selector transport has it)
+        core, name = self.server.core, self.name
+        self.drain = _Drain(sock, self.server,
+                            lambda data, addr, now: core.from_client((name, addr), data, now))
+
+    def close(self) -> None:
+        if self.drain is not None:
+            self.drain.close()
+            self.drain = None
+        if self.transport is not None:
+            self.transport.close()
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         self.server.dispatch(self.server.core.from_client((self.name, (addr[0], addr[1])),
                                                           data, time.time()))
-
-    def error_received(self, exc: Exception) -> None:
-        pass
-
-
-class _Relay(asyncio.DatagramProtocol):
-    def __init__(self, server: TurnServer, port: int) -> None:
-        self.server = server
-        self.port = port
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        self.server.dispatch(self.server.core.from_peer(self.port, (addr[0], addr[1]), data,
-                                                        time.time()))
 
     def error_received(self, exc: Exception) -> None:
         pass
@@ -92,8 +142,7 @@ class TurnServer:
         self._alt: _Udp | None = None
         self._tcp: asyncio.Server | None = None
         self._tcp_clients: dict[str, asyncio.StreamWriter] = {}
-        self._relays: dict[int, asyncio.DatagramTransport] = {}
-        self._pending_relays: dict[int, socket.socket] = {}
+        self._relays: dict[int, _Drain] = {}
         self._ids = itertools.count(1)
         self._timer: asyncio.Task[None] | None = None
 
@@ -120,6 +169,7 @@ class TurnServer:
         self.port = self._udp.transport.get_extra_info("sockname")[1]
         self.core.service_ports = {self.port, self.port + 1}
         sockopt.prepare_datagram_socket(self._udp.transport.get_extra_info("socket"))
+        self._udp.take_over()
         # the second port only lets `mesh netcheck` tell cone from symmetric NAT
         with contextlib.suppress(OSError):
             _, self._alt = await loop.create_datagram_endpoint(
@@ -129,22 +179,22 @@ class TurnServer:
 
     async def _unbind(self) -> None:
         for proto in (self._udp, self._alt):
-            if proto and proto.transport:
-                proto.transport.close()
+            if proto:
+                proto.close()
         self._udp = self._alt = None
 
     async def stop(self) -> None:
         if self._timer:
             self._timer.cancel()
         for proto in (self._udp, self._alt):
-            if proto and proto.transport:
-                proto.transport.close()
+            if proto:
+                proto.close()
         if self._tcp:
             self._tcp.close()
         for w in list(self._tcp_clients.values()):
             w.close()
-        for t in self._relays.values():
-            t.close()
+        for drain in self._relays.values():
+            drain.close()
         self._relays.clear()
 
     @property
@@ -161,15 +211,10 @@ class TurnServer:
         sock.setblocking(False)
         sockopt.prepare_datagram_socket(sock)
         port = int(sock.getsockname()[1])
-        self._pending_relays[port] = sock
-        asyncio.get_running_loop().create_task(self._open_relay(port, sock))
+        core = self.core
+        self._relays[port] = _Drain(
+            sock, self, lambda data, addr, now: core.from_peer(port, addr, data, now))
         return port
-
-    async def _open_relay(self, port: int, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Relay(self, port), sock=sock)
-        self._pending_relays.pop(port, None)
-        self._relays[port] = transport
 
     def dispatch(self, outputs: list[Output]) -> None:
         for out in outputs:
@@ -186,17 +231,12 @@ class TurnServer:
             elif isinstance(out, ToPeer):
                 relay = self._relays.get(out.relay_port)
                 if relay is not None:
-                    relay.sendto(out.data, out.peer)
-                elif out.relay_port in self._pending_relays:  # endpoint still opening
-                    with contextlib.suppress(OSError):
-                        self._pending_relays[out.relay_port].sendto(out.data, out.peer)
+                    with contextlib.suppress(OSError):  # a full buffer: dropped, as a router
+                        relay.sock.sendto(out.data, out.peer)
             elif isinstance(out, Release):
                 relay = self._relays.pop(out.relay_port, None)
                 if relay is not None:
                     relay.close()
-                pending = self._pending_relays.pop(out.relay_port, None)
-                if pending is not None:
-                    pending.close()
 
     async def _on_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         name = f"tcp:{next(self._ids)}"
