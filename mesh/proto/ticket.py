@@ -87,6 +87,9 @@ def looks_like_ticket(text: str) -> bool:
     return text.strip().lower().startswith(PREFIX) and len(text.strip()) > 60
 
 
+_B32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+
+
 def decode(text: str, now: float | None = None) -> Ticket:
     """Parse and verify a ticket; with ``now``, also refuse an expired one."""
     text = "".join(text.split()).lower()
@@ -95,10 +98,14 @@ def decode(text: str, now: float | None = None) -> Ticket:
     if not text.startswith(PREFIX):
         raise TicketError(f"not a mesh ticket (tickets start with {PREFIX!r})")
     data = text[len(PREFIX) :].upper()
+    bad = sorted({c for c in data if c not in _B32})
+    if bad:
+        raise TicketError(f"ticket has characters a ticket never has ({''.join(bad)[:10]!r}); "
+                          "copy it again")
     try:
         raw = base64.b32decode(data + "=" * (-len(data) % 8))
-    except (binascii.Error, ValueError) as exc:
-        raise TicketError("ticket is garbled (not base32); copy it again") from exc
+    except (binascii.Error, ValueError) as exc:  # a length base32 cannot end on
+        raise TicketError("ticket is truncated; copy the whole line") from exc
     ticket = _unpack(raw)
     if now is not None:
         ticket.check_fresh(now)

@@ -67,7 +67,8 @@ def test_no_signaling_configured(mesh: Mesh) -> None:
 @pytest.mark.parametrize("text,match", [
     ("nonsense", "not a mesh ticket"),
     ("mesh1ae" + "a" * 240, "signature"),
-    ("mesh1!!" + "a" * 80, "garbled"),
+    ("mesh1!!" + "a" * 80, "characters a ticket never has"),
+    ("mesh1" + "a" * 81, "truncated"),
 ])
 def test_malformed_ticket(mesh: Mesh, text: str, match: str) -> None:
     assert_clean_failure(mesh.run("connect", text, "--json"), 3, match)
