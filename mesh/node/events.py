@@ -149,6 +149,20 @@ class Warning(Event):
 
 
 @dataclass(frozen=True)
+class TicketRenewed(Event):
+    """The share's ticket expired (connections it admitted go on); the new one to hand out."""
+
+    event: ClassVar[str] = "ticket"
+    ticket: str
+    expires: int
+    """Unix seconds."""
+
+    def human(self) -> str:
+        return ("new ticket (the previous one expired); connect with:\n\n"
+                f"  mesh connect {self.ticket}\n")
+
+
+@dataclass(frozen=True)
 class Request(Event):
     """One HTTP exchange through a ``--http`` share (logged when it ends)."""
 

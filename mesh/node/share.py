@@ -155,14 +155,11 @@ class Share:
             if cfg.public:  # before the ticket is shown: a taken name is an error
                 claimed = await self.publisher.claim(remote, first=True)
         self._signal = self._signals[0]
-        expires = int(time.time() + cfg.ttl)
-        ticket = Ticket(node_id=self.identity.node_id,
-                        secret=admission.ticket_secret(self.master, expires),
-                        expires=expires, name=cfg.name,
-                        signal_urls=cfg.signal_urls, lan_hints=tuple(hints[:8]))
-        self.ticket = ticket.encode(self.identity)
+        self._hints = tuple(hints[:8])
+        self._new_ticket()
         self.emit(events.Ready(self.ticket, self.identity.node_id, cfg.name, self.target,
                                self._signal.url))
+        self._spawn(self._renew_tickets())
         if not cfg.signal_urls:
             self.emit(events.Warning(
                 f"LAN mode: no signaling server configured; anyone on this network can "
@@ -215,6 +212,30 @@ class Share:
             self._advertiser = None
             return []
         return [f"{a}:{server.port}" for a in self._advertiser.addresses]
+
+    def _new_ticket(self) -> None:
+        """A ticket expiring ``--ttl`` from now (its secret derives from that expiry)."""
+        cfg = self.config
+        self.ticket_expires = int(time.time() + cfg.ttl)
+        self.ticket = Ticket(node_id=self.identity.node_id,
+                             secret=admission.ticket_secret(self.master, self.ticket_expires),
+                             expires=self.ticket_expires, name=cfg.name,
+                             signal_urls=cfg.signal_urls, lan_hints=self._hints
+                             ).encode(self.identity)
+
+    def renew_ticket(self) -> None:
+        """The ticket has expired: say so, and hand out a new one."""
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.ticket_expires))
+        self.emit(events.Warning(f"the ticket expired at {when}; peers already connected "
+                                 "stay, new ones need the new ticket"))
+        self._new_ticket()
+        self.emit(events.TicketRenewed(self.ticket, self.ticket_expires))
+
+    async def _renew_tickets(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.ticket_expires - time.time()))
+            if time.time() >= self.ticket_expires:
+                self.renew_ticket()
 
     def snapshot(self) -> dict[str, Any]:
         return {

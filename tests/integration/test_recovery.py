@@ -7,6 +7,7 @@ secrets of a restarted `mesh share` go through the real CLI.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
@@ -155,3 +156,23 @@ def test_relay_only_hides_the_connector_and_moves_bytes(mesh: Mesh, inproc: InPr
     _, ticket2 = mesh.share(echo.port, bare)
     res = mesh.run("connect", ticket2, "--relay-only")
     assert res.returncode == 2 and "no TURN relay" in res.stderr
+
+
+def test_an_expired_ticket_is_replaced_with_a_warning_and_the_new_one_works(
+        inproc: InProc, echo: EchoServer) -> None:
+    """The share says its ticket expired and prints a new one (issue 21 #9); the new
+    ticket connects. (The renewal is what the share's timer calls at expiry.)"""
+    share = inproc.share(echo.port)
+    first = share.obj.ticket
+
+    async def expire() -> None:
+        await asyncio.sleep(1.1)  # a new second: a new expiry, so a new ticket
+        share.obj.renew_ticket()
+
+    inproc.run(expire())
+    warning = share.event("warning")
+    renewed = share.event("ticket")
+    assert "expired" in warning["message"] and renewed["ticket"] != first
+    assert renewed["expires"] > time.time() + 3600
+    conn = inproc.connect(renewed["ticket"])
+    assert echo_roundtrip(int(conn.obj.port), 50_000, 11)
