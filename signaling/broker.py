@@ -18,6 +18,10 @@ from mesh.proto import frames as p
 from .names import NameBook, NameRules
 
 
+class TooManySessions(Exception):
+    """The node already has as many sessions on this server as it may."""
+
+
 class Mailbox(Protocol):
     def deliver_frame(self, frame: str) -> bool:
         """Queue an encoded ``deliver`` frame; False if the session cannot take it."""
@@ -32,7 +36,8 @@ class Broker(Protocol):
     async def attach(self, node: str, mailbox: Mailbox) -> None:
         """Make ``node`` reachable through ``mailbox`` too (several processes may share a
         node key: two shares, or a share and a connect on one machine). Beyond
-        ``MAX_SESSIONS`` the oldest session is replaced."""
+        ``MAX_SESSIONS`` the new session is refused (``TooManySessions``); evicting the
+        oldest made processes on one key replace each other forever."""
         ...
 
     async def detach(self, node: str, mailbox: Mailbox) -> None:
@@ -106,10 +111,13 @@ class MemoryBroker:
 
     async def attach(self, node: str, mailbox: Mailbox) -> None:
         boxes = self._nodes.setdefault(node, [])
-        if mailbox not in boxes:
-            boxes.append(mailbox)
-        while len(boxes) > self._max:
-            boxes.pop(0).replaced()
+        if mailbox in boxes:
+            return
+        if len(boxes) >= self._max:
+            raise TooManySessions(
+                f"this node key already has {self._max} sessions on this server (each "
+                "share or connect process holds one; mesh signal --max-sessions-per-key)")
+        boxes.append(mailbox)
 
     async def detach(self, node: str, mailbox: Mailbox) -> None:
         boxes = self._nodes.get(node, [])

@@ -115,6 +115,7 @@ class Rendezvous:
             from .redis_broker import RedisBroker
 
             broker = RedisBroker(cfg.redis_url, instance, ttl=cfg.presence_ttl,
+                                 max_sessions=sig_cfg.max_sessions_per_key,
                                  names=sig_cfg.names)
         self.signal = SignalServer(sig_cfg, broker, instance=instance)
         self.signal.extra_metrics = self._turn_metrics

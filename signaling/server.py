@@ -32,7 +32,7 @@ from mesh.proto import names
 from mesh.proto.identity import verify
 from mesh.proto.limits import ConnectionCounter, TokenBucket
 
-from .broker import Broker, MemoryBroker
+from .broker import Broker, MemoryBroker, TooManySessions
 from .names import NameQuota, NameRules
 from .turn import rest_credentials
 
@@ -64,6 +64,8 @@ class ServerConfig:
     outbox_bytes: int = 512 * 1024
     """Bytes of frames one session may have waiting; beyond, frames to it are dropped
     (a sender gets "recipient-busy")."""
+    max_sessions_per_key: int = 8
+    """Sessions (processes) one node key may hold on this server; the next is refused."""
     names: NameRules = field(default_factory=NameRules)
     """Public names: how many one key may hold, how long an absent holder keeps one."""
     claim_rate: float = 0.2
@@ -174,7 +176,8 @@ class SignalServer:
         instance: str | None = None,
     ) -> None:
         self.config = config
-        self.broker: Broker = broker or MemoryBroker(names=config.names)
+        self.broker: Broker = broker or MemoryBroker(config.max_sessions_per_key,
+                                                     names=config.names)
         self._claims: OrderedDict[str, TokenBucket] = OrderedDict()
         self.instance = instance or secrets.token_hex(4)
         self._conns = ConnectionCounter(config.max_conns_per_ip)
@@ -349,8 +352,12 @@ class SignalServer:
                 elif not verify(node, p.register_message(nonce, node), sig):
                     self._reject(session, "bad-signature", "registration signature is invalid")
                 else:
+                    try:
+                        await self.broker.attach(node, session)
+                    except TooManySessions as exc:
+                        self._reject(session, "too-many-sessions", str(exc))
+                        return
                     session.node = node
-                    await self.broker.attach(node, session)
                     self.stats["registered"] += 1
                     ice = self.config.ice_servers(node, time.time())
                     session.push(p.encode(p.Registered(node, ice, self.instance)))

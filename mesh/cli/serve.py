@@ -52,6 +52,8 @@ from .common import (
               help="Node id of a `mesh gateway` allowed to announce itself (repeatable).")
 @click.option("--max-names-per-key", default=16, show_default=True, type=click.IntRange(1),
               help="Public names one node key may hold.")
+@click.option("--max-sessions-per-key", default=8, show_default=True, type=click.IntRange(1),
+              help="Processes (sessions) one node key may have registered at once.")
 @click.option("--name-ttl-days", default=30.0, show_default=True,
               type=click.FloatRange(min=0, min_open=True),
               help="Days a public name stays with a holder that is offline.")
@@ -61,7 +63,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
                max_allocations: int, max_allocations_per_user: int, relay_bandwidth: int,
                max_conns_per_ip: int, rate: float, redis_url: str | None,
                presence_ttl: float, gateways: tuple[str, ...], max_names_per_key: int,
-               name_ttl_days: float, as_json: bool) -> None:
+               max_sessions_per_key: int, name_ttl_days: float, as_json: bool) -> None:
     """Run the rendezvous server: signaling plus STUN/TURN."""
     from signaling.names import NameRules
     from signaling.rendezvous import RendezvousConfig
@@ -71,6 +73,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
     config = configured(as_json, lambda: RendezvousConfig(
         signal=ServerConfig(host=host, port=port, max_conns_per_ip=max_conns_per_ip,
                             rate=rate, gateways=frozenset(gateways),
+                            max_sessions_per_key=max_sessions_per_key,
                             names=NameRules(max_names_per_key, name_ttl_days * 86400)),
         stun_port=None if no_turn else stun_port, public_ip=public_ip, turn_urls=turn_urls,
         turn_secret=turn_secret.encode() if turn_secret else None, relay_allow=relay_allow,

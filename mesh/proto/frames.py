@@ -40,8 +40,9 @@ Error codes: ``bad-frame`` (malformed; the server closes), ``too-large``
 (closes), ``rate-limited``, ``not-registered``, ``bad-signature`` (closes),
 ``unknown-destination``, ``name-taken``, ``name-quota`` (the key holds as many
 public names as it may), ``not-owner``, ``not-gateway``,
-``replaced`` (another session registered the same
-node beyond the per-node session limit; closes), ``too-many-connections``
+``replaced`` (no longer sent: kept for older clients), ``too-many-sessions`` (the
+node key already holds the server's per-key session limit; the registration is
+refused and the connection closed), ``too-many-connections``
 (closes), ``shutting-down``. Several sessions may register one node id (two
 processes with one key); a ``send`` reaches all of them.
 
@@ -63,7 +64,8 @@ from .names import valid_name
 VERSION = 1
 MAX_FRAME = 64 * 1024
 REGISTER_CONTEXT = b"mesh-register-v1\n"
-CLOSE_CODES = {"bad-frame", "too-large", "bad-signature", "replaced", "too-many-connections"}
+CLOSE_CODES = {"bad-frame", "too-large", "bad-signature", "replaced", "too-many-connections",
+               "too-many-sessions"}
 
 
 class FrameError(Exception):

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -187,8 +188,10 @@ async def test_plain_http_and_health(server: tuple[Proc, str]) -> None:
             assert (await resp.json())["ok"] is True
 
 
-async def test_one_node_several_sessions_and_the_oldest_replaced(
+async def test_one_node_several_sessions_and_the_ninth_refused(
         server: tuple[Proc, str]) -> None:
+    """Eight processes may share a key; the ninth is refused with a clear error and
+    nobody is evicted (eviction made ten processes replace each other forever)."""
     _, url = server
     async with aiohttp.ClientSession() as http:
         first, ident = await register(http, url)
@@ -197,10 +200,43 @@ async def test_one_node_several_sessions_and_the_oldest_replaced(
         await b.send_str(p.encode(p.Send(ident.node_id, b"to-all", 1)))
         for ws in [first, *others]:  # every process with that key gets it
             assert base64.b64decode((await recv(ws))["payload"]) == b"to-all"
-        ninth, _ = await register(http, url, ident)  # beyond 8: the oldest is replaced
-        assert (await recv(first))["code"] == "replaced"
+        ninth = await http.ws_connect(url)
+        hello = await recv(ninth)
+        sig = ident.sign(p.register_message(base64.b64decode(hello["nonce"]), ident.node_id))
+        await ninth.send_str(p.encode(p.Register(ident.node_id, sig)))
+        err = await recv(ninth)
+        assert err["code"] == "too-many-sessions" and "--max-sessions-per-key" in err["message"]
+        assert await closed(ninth)
         await b.send_str(p.encode(p.Send(ident.node_id, b"again", 2)))
-        assert base64.b64decode((await recv(ninth))["payload"]) == b"again"
+        for ws in [first, *others]:  # the eight stay
+            assert base64.b64decode((await recv(ws))["payload"]) == b"again"
+        await first.close()  # a slot comes free: the next registration is taken
+        await asyncio.sleep(0.3)
+        await register(http, url, ident)
+
+
+def test_a_share_beyond_the_session_limit_exits_with_the_reason_and_no_one_flaps(
+        mesh: Mesh) -> None:
+    _, url = mesh.signal("--max-sessions-per-key", "2")
+    procs = [mesh.start("share", "8000", "--signal", url, "--name", f"s{i}", "--json",
+                        home="one-key") for i in range(2)]
+    for proc in procs:
+        proc.event("ready")
+    third = mesh.start("share", "8000", "--signal", url, "--name", "s2", "--json",
+                       home="one-key")
+    assert third.wait(30) == 4  # a signaling error
+    errors = [e for e in third.events if e.get("event") == "error"]
+    assert errors and "--max-sessions-per-key" in errors[0]["message"], third.events
+    assert "Traceback" not in "".join(third.stderr)
+    time.sleep(3)
+    for proc in procs:  # still registered, never replaced
+        assert proc.p.poll() is None
+        while not proc.lines.empty():  # every event printed so far
+            line = proc.lines.get_nowait()
+            if line:
+                proc.events.append(json.loads(line))
+        states = [e["state"] for e in proc.events if e.get("event") == "signal"]
+        assert states == ["registered"], proc.events
 
 
 async def test_sigterm_with_20_peers_exits_within_2_s_and_the_ports_are_free_at_once(
