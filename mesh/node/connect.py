@@ -37,6 +37,7 @@ from mesh.http.proxy import HttpProxy
 from mesh.http.roles import GuardRole
 from mesh.proto import control, link
 from mesh.proto.identity import Identity
+from mesh.proto.ticket import Ticket
 from mesh.transport.ice import IcePlan, ice_plan, udp_reachable
 from mesh.transport.stream import Counters, Stream, TcpDuplex, splice
 
@@ -52,6 +53,15 @@ log = logging.getLogger("mesh.connect")
 FATAL = (HandshakeError, AdmissionDenied, Refused, PeerUnreachable)
 """Attempt failures no retry can change: the first connect fails at once."""
 QUIET_RESETS = ("connection reset", "tunnel closed", "reset by peer")
+
+
+def signaling_urls(ticket: Ticket, cfg: ConnectConfig) -> tuple[list[str], list[str]]:
+    """(the share's LAN endpoints to try first, every URL in order). --signal replaces
+    the ticket's servers; a share's own LAN endpoint has no TURN relay, so --relay-only
+    skips it."""
+    hints = [] if cfg.signal_urls or not cfg.use_lan_hints or cfg.relay_only else [
+        f"ws://{h}/" for h in ticket.lan_hints if ":" in h]
+    return hints, hints + list(cfg.signal_urls or ticket.signal_urls)
 
 
 class Tunnel:
@@ -115,9 +125,7 @@ class Tunnel:
     async def start(self) -> None:
         cfg = self.config
         self.ticket.check_fresh(time.time())
-        hints = [] if cfg.signal_urls or not cfg.use_lan_hints else [
-            f"ws://{h}/" for h in self.ticket.lan_hints if ":" in h]
-        urls = hints + list(cfg.signal_urls or self.ticket.signal_urls)
+        hints, urls = signaling_urls(self.ticket, cfg)
         if not urls and self._shared_signal is None:
             raise ConfigError("the ticket names no signaling server; pass --signal URL")
         try:
@@ -141,7 +149,8 @@ class Tunnel:
                 self.emit(events.Warning("UDP to the signaling server's STUN port is blocked; "
                                          "relaying over TCP"))
             if cfg.relay_only and not self._plan.has_relay:
-                raise ConfigError("--relay-only: the signaling server hands out no TURN relay")
+                raise ConfigError(f"--relay-only: the signaling server {self._signal.url} hands "
+                                  "out no TURN relay; pass --signal URL of one that does")
             self._first = asyncio.get_running_loop().create_future()
             self._machine.start(self._now(), udp_ok=self._udp_ok,
                                 has_relay=self._plan.has_relay)

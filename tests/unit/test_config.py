@@ -112,3 +112,20 @@ def test_config_dataclasses_check_every_field() -> None:
     ]:
         with pytest.raises(ConfigError, match=text):
             build()
+
+
+def test_relay_only_never_signals_through_the_shares_lan_endpoint() -> None:
+    """A share's LAN endpoint has no TURN relay (issue 21 #2): --relay-only uses the
+    ticket's servers or --signal, never the LAN hints."""
+    from mesh.node.config import ConnectConfig
+    from mesh.node.connect import signaling_urls
+
+    ticket = Ticket(KEY.node_id, b"s" * 16, int(time.time()) + 600, "x", (URL,),
+                    ("10.0.0.5:4000",))
+    assert signaling_urls(ticket, ConnectConfig(ticket=ticket)) == (
+        ["ws://10.0.0.5:4000/"], ["ws://10.0.0.5:4000/", URL])
+    assert signaling_urls(ticket, ConnectConfig(ticket=ticket, relay_only=True)) == (
+        [], [URL])
+    other = "ws://127.0.0.1:9/"
+    assert signaling_urls(ticket, ConnectConfig(ticket=ticket, signal_urls=(other,))) == (
+        [], [other])
