@@ -138,7 +138,8 @@ class Tunnel:
             else:
                 self._signal = SignalClient(
                     self.identity, urls, self._dialer.on_payload,
-                    lambda state, url: self.emit(events.Signal(state, url)),
+                    lambda state, url: self.emit(events.Signal(
+                        state, url, url in hints or cfg.by_name)),
                     fast_urls=frozenset(hints))
                 await self._signal.start()
             self._dialer.signal = self._signal

@@ -134,9 +134,14 @@ class Signal(Event):
     event: ClassVar[str] = "signal"
     state: str
     url: str
+    lan: bool = False
+    """A share's own LAN endpoint (its built-in signaling on the LAN), not a server the
+    user named."""
 
     def human(self) -> str:
-        return f"signaling server {self.url}: {self.state}"
+        where = f"the share's LAN endpoint {self.url}" if self.lan else (
+            f"signaling server {self.url}")
+        return f"{where}: {self.state}"
 
 
 @dataclass(frozen=True)

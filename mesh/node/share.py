@@ -174,7 +174,7 @@ class Share:
             self.emit(events.InspectorReady(await self.inspector.start()))
         return self.ticket
 
-    def _client(self, urls: list[str], claim: bool = False) -> SignalClient:
+    def _client(self, urls: list[str], claim: bool = False, lan: bool = False) -> SignalClient:
         client: SignalClient
         registrations = 0
 
@@ -188,7 +188,7 @@ class Share:
                 self._spawn(self.publisher.claim(client, first=False))
 
         client = SignalClient(self.identity, urls, on_payload,
-                              lambda state, url: self.emit(events.Signal(state, url)),
+                              lambda state, url: self.emit(events.Signal(state, url, lan)),
                               on_registered=on_registered)
         return client
 
@@ -199,7 +199,7 @@ class Share:
         server = SignalServer(ServerConfig(host=self.config.lan_host, port=0))
         await server.start()
         self._lan_server = server
-        local = self._client([f"ws://127.0.0.1:{server.port}/"])
+        local = self._client([f"ws://127.0.0.1:{server.port}/"], lan=True)
         self._lan_client = local
         await local.start()
         self._signals.append(local)

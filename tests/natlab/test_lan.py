@@ -60,6 +60,9 @@ def test_share_found_by_name_and_connected_without_a_server(lan: Any) -> None:
     connected = conn.event("connected", timeout=30)
     assert connected["path"] == "direct"
     assert run.client(b, 9000, 3 * 1024 * 1024)["ok"]
+    # the URLs nobody typed are labelled as the share's LAN endpoint (issue 21 #8)
+    assert share.event("signal")["lan"] is True
+    assert conn.event("signal")["lan"] is True
     # a node id prefix works too
     conn2 = run.mesh(b, "b2", "connect", node[:10], "--port", "9001", "--json")
     conn2.event("connected", timeout=30)
