@@ -159,20 +159,25 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--http", "http_mode", is_flag=True,
               help="Parse requests as HTTP and refuse a Host other than this listener "
                    "(421; guards against DNS rebinding from a browser tab).")
+@click.option("--no-http-guard", is_flag=True,
+              help="Skip the Host guard an HTTP share's ticket turns on (--http is the "
+                   "guard itself).")
 @click.option("--relay-only", is_flag=True,
               help="Connect only through the TURN relay: the sharer never sees this "
                    "machine's addresses.")
 @json_option
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
-                http_mode: bool, relay_only: bool, as_json: bool) -> None:
+                http_mode: bool, no_http_guard: bool, relay_only: bool,
+                as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from mesh.node.config import ConnectConfig
     from mesh.proto import ticket as ticket_mod
 
     options: dict[str, Any] = dict(
         port=port, host=bind_host, max_streams=max_streams, idle_timeout=idle_timeout,
-        upgrade_interval=retry_direct, http=http_mode, relay_only=relay_only)
+        upgrade_interval=retry_direct, http=http_mode, no_http_guard=no_http_guard,
+        relay_only=relay_only)
 
     def build() -> tuple[str, ...]:
         urls = environ.signal_urls(signal_urls) if signal_urls else ()

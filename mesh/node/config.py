@@ -154,7 +154,10 @@ class ConnectConfig:
     by_name: bool = False
     """The ticket was made from a LAN advert (`mesh connect NAME`), not given."""
     http: bool = False
-    """Parse local requests as HTTP/1.1 and refuse a foreign Host with 421 (``--http``)."""
+    """Parse local requests as HTTP/1.1 and refuse a foreign Host with 421 (``--http``);
+    on by itself when the ticket says the share is in HTTP mode."""
+    no_http_guard: bool = False
+    """Do not apply the guard an HTTP share's ticket asks for (``--no-http-guard``)."""
     relay_only: bool = False
     """Connect only through the TURN relay: the sharer never learns this machine's
     addresses (``--relay-only``); no direct attempt, no upgrade."""
@@ -168,6 +171,13 @@ class ConnectConfig:
             names.check_signal_url(url)
         if self.max_streams < 1:
             raise ConfigError("--max-streams must be at least 1")
+        if self.http and self.no_http_guard:
+            raise ConfigError("--http and --no-http-guard contradict each other")
+
+    @property
+    def guard_http(self) -> bool:
+        """Whether local requests go through the HTTP Host guard."""
+        return self.http or (self.ticket.http and not self.no_http_guard)
         _positive(self, "answer_timeout", "connect_timeout", "admission_timeout",
                   "wait_for_path", "upgrade_interval")
         _positive(self, "relay_after", "idle_timeout", zero_ok=True)

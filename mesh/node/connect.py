@@ -340,7 +340,7 @@ class Tunnel:
     async def _on_client(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
         local = TcpDuplex(reader, writer)
-        if self.config.http:
+        if self.config.guard_http:
             # the guard parses each request and opens a tunnel stream only for one that
             # passed (a rebinding page never reaches the sharer)
             await HttpProxy(local, GuardRole(self.port, self.open_stream),

@@ -220,8 +220,8 @@ class Share:
         self.ticket = Ticket(node_id=self.identity.node_id,
                              secret=admission.ticket_secret(self.master, self.ticket_expires),
                              expires=self.ticket_expires, name=cfg.name,
-                             signal_urls=cfg.signal_urls, lan_hints=self._hints
-                             ).encode(self.identity)
+                             signal_urls=cfg.signal_urls, lan_hints=self._hints,
+                             http=cfg.http is not None).encode(self.identity)
 
     def renew_ticket(self) -> None:
         """The ticket has expired: say so, and hand out a new one."""

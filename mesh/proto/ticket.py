@@ -18,6 +18,8 @@ Binary form (all integers big-endian)::
                 1 = share name (UTF-8, <= 64 bytes)
                 2 = signaling URL (UTF-8, <= 512 bytes, repeatable, <= 8)
                 3 = LAN hint "host:port" (UTF-8, <= 64 bytes, repeatable, <= 8)
+                4 = mode "http": the share speaks HTTP (a connect then applies its
+                    Host guard by itself); other values are ignored
               unknown types are skipped (forward compatible)
     signature 64   Ed25519 over everything before it
 
@@ -46,7 +48,7 @@ MAX_HINT = 64
 MAX_REPEAT = 8
 SECRET_BYTES = 16  # 128 bits
 
-_T_NAME, _T_URL, _T_HINT = 1, 2, 3
+_T_NAME, _T_URL, _T_HINT, _T_MODE = 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class Ticket:
     """Signaling servers where the sharer is registered, in order of preference."""
     lan_hints: tuple[str, ...] = field(default=())
     """``host:port`` of the sharer's LAN signaling endpoint(s), tried first."""
+    http: bool = False
+    """The share is in HTTP mode: a connect guards its listener's Host by itself."""
 
     def encode(self, identity: Identity) -> str:
         """Sign with ``identity`` (which must be the sharer) and return the text form."""
@@ -124,6 +128,8 @@ def _pack(t: Ticket) -> bytes:
         raise ValueError("too many signaling URLs or LAN hints")
     fields += [(_T_URL, u, MAX_URL) for u in t.signal_urls]
     fields += [(_T_HINT, h, MAX_HINT) for h in t.lan_hints]
+    if t.http:
+        fields.append((_T_MODE, "http", 16))
     for ftype, value, limit in fields:
         enc = value.encode("utf-8")
         if len(enc) > limit:
@@ -153,6 +159,7 @@ def _unpack(raw: bytes) -> Ticket:
     name = ""
     urls: list[str] = []
     hints: list[str] = []
+    http = False
     while pos < len(body):
         if pos + 3 > len(body):
             raise TicketError("ticket field is truncated")
@@ -172,9 +179,11 @@ def _unpack(raw: bytes) -> Ticket:
             urls.append(value)
         elif ftype == _T_HINT and flen <= MAX_HINT and len(hints) < MAX_REPEAT:
             hints.append(value)
+        elif ftype == _T_MODE:
+            http = http or value == "http"
         elif ftype in (_T_NAME, _T_URL, _T_HINT):
             raise TicketError("ticket field is out of bounds")
-    return Ticket(node_id, bytes(secret), expires, name, tuple(urls), tuple(hints))
+    return Ticket(node_id, bytes(secret), expires, name, tuple(urls), tuple(hints), http)
 
 
 def share_tag(name: str) -> str:

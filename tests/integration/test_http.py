@@ -31,6 +31,7 @@ import aiohttp
 import pytest
 
 from mesh.http.config import HttpConfig
+from mesh.proto import ticket as tk
 from tests.conftest import MESH, Mesh, Proc, free_port
 from tests.harness import InProc, Node
 
@@ -77,12 +78,13 @@ class HttpShare:
 
 def http_share(lab: InProc, service: Service, *, guard: bool = False,
                inspect: bool = True, **http: Any) -> HttpShare:
-    """An HTTP share of ``service`` and a connect to it (``guard``: ``--http`` there too)."""
+    """An HTTP share of ``service`` and a connect to it (``guard``: ``--http`` there too;
+    without it, ``--no-http-guard``, so the sharer's own checks are what is tested)."""
     config = HttpConfig(inspect="127.0.0.1:0" if inspect else None, inspect_explicit=True,
                         **http)
     share = lab.share(service.port, http=config)
     inspector = str(share.event("inspector")["url"]) if inspect else ""
-    conn = lab.connect(share.obj.ticket, http=guard)
+    conn = lab.connect(share.obj.ticket, http=guard, no_http_guard=not guard)
     peer = str(share.event("connected")["peer"])
     return HttpShare(share, conn, conn.obj.port, inspector, peer)
 
@@ -305,6 +307,25 @@ def test_connect_http_refuses_foreign_host(inproc: InProc, service: Service) -> 
 
 
 # -- defences at the parser ---------------------------------------------------------
+
+def test_a_plain_connect_to_an_http_share_guards_by_itself(
+        inproc: InProc, service: Service) -> None:
+    """The share's ticket says HTTP mode, so `mesh connect` without --http applies the
+    Host guard anyway (a rebinding page cannot reach the share); --no-http-guard is
+    the way out for the rare client that needs another Host."""
+    share = inproc.share(service.port, http=HttpConfig(inspect=None))
+    assert tk.decode(share.obj.ticket).http
+    plain = inproc.connect(share.obj.ticket)
+    port = int(plain.obj.port)
+    status, _, body = request(port, "GET", "/hello?rebind",
+                              headers={"Host": f"attacker.example:{port}"})
+    assert status == 421 and b"DNS rebinding" in body
+    assert request(port, "GET", "/hello", headers={"Host": f"127.0.0.1:{port}"})[0] == 200
+    opted_out = inproc.connect(share.obj.ticket, no_http_guard=True)
+    port2 = int(opted_out.obj.port)
+    assert request(port2, "GET", "/hello?other", headers={"Host": "myapp.test"})[0] == 200
+    assert "/hello?rebind" not in service.paths()
+
 
 def test_smuggling_oversize_and_slow_heads_never_reach_the_service(
         inproc: InProc, service: Service) -> None:

@@ -113,3 +113,21 @@ def test_fuzz_text_never_raises_anything_but_ticket_error(text: str) -> None:
 def test_fuzz_binary_never_raises_anything_but_ticket_error(raw: bytes) -> None:
     with contextlib.suppress(TicketError):
         tk.decode(_text(raw))
+
+
+def test_http_mode_travels_in_the_ticket_and_old_tickets_have_none() -> None:
+    assert tk.decode(make(http=True).encode(IDENT)).http is True
+    assert tk.decode(make().encode(IDENT)).http is False
+
+
+def test_the_guard_follows_the_ticket_unless_told_otherwise() -> None:
+    from mesh.errors import ConfigError
+    from mesh.node.config import ConnectConfig
+
+    http_share, plain_share = make(http=True), make()
+    assert ConnectConfig(ticket=http_share).guard_http
+    assert not ConnectConfig(ticket=http_share, no_http_guard=True).guard_http
+    assert not ConnectConfig(ticket=plain_share).guard_http
+    assert ConnectConfig(ticket=plain_share, http=True).guard_http
+    with pytest.raises(ConfigError, match="contradict"):
+        ConnectConfig(ticket=http_share, http=True, no_http_guard=True)
