@@ -107,6 +107,6 @@ def test_the_cli_says_it_in_one_line(tmp_path: Path) -> None:
     home.chmod(0o777)
     res = subprocess.run([sys.executable, "-m", "mesh", "id"], capture_output=True, text=True,
                          env={**os.environ, "MESH_HOME": str(home)}, timeout=60)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.returncode == 1 and "Traceback" not in res.stderr  # exit 1: other errors
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     assert len(lines) == 1 and "writable by others" in lines[0], lines
