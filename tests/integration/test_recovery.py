@@ -176,3 +176,19 @@ def test_an_expired_ticket_is_replaced_with_a_warning_and_the_new_one_works(
     assert renewed["expires"] > time.time() + 3600
     conn = inproc.connect(renewed["ticket"])
     assert echo_roundtrip(int(conn.obj.port), 50_000, 11)
+
+
+def test_relay_only_on_one_machine_meets_relay_to_relay_without_relay_allow(
+        mesh: Mesh, echo: EchoServer) -> None:
+    """The relay refuses loopback peers (no --relay-allow here), but the sharer's own
+    relayed address is another allocation on the same server, which it allows: a
+    --relay-only connect on one machine meets there instead of waiting out 20 s."""
+    _, url = mesh.signal()
+    _, ticket = mesh.share(echo.port, url)
+    started = time.monotonic()
+    conn, local = mesh.connect(ticket, "--relay-only")
+    took = time.monotonic() - started
+    assert took < 15, took
+    (connected,) = [e for e in conn.events if e.get("event") == "connected"]
+    assert (connected["path"], connected["remote_candidate"]) == ("relay", "relay")
+    assert echo_roundtrip(local, 200_000, 12)
