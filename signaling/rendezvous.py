@@ -21,6 +21,11 @@ from .server import ServerConfig, SignalServer
 from .turn import TurnConfig
 from .turn_server import TurnServer
 
+RELAY_POLICY = {"refuses": "loopback, private (RFC 1918), CGNAT, link-local, multicast, "
+                           "reserved, benchmarking and documentation addresses, and this "
+                           "server's own services"}
+"""What the embedded relay refuses (policy.py), told to every node for mesh netcheck."""
+
 
 @dataclass(frozen=True)
 class RendezvousConfig:
@@ -108,7 +113,9 @@ class Rendezvous:
             stun_urls = (f"stun:{where}",)
             turn_urls = (f"turn:{where}?transport=udp", f"turn:{where}?transport=tcp")
         sig_cfg = replace(sig_cfg, stun_urls=stun_urls + cfg.extra_stun, turn_urls=turn_urls,
-                          turn_secret=secret if turn_urls else None)
+                          turn_secret=secret if turn_urls else None,
+                          relay_policy=RELAY_POLICY | {"allows": list(cfg.relay_allow)}
+                          if self.turn is not None else None)
         instance = secrets.token_hex(6)
         broker = None
         if cfg.redis_url:

@@ -64,6 +64,8 @@ class ServerConfig:
     outbox_bytes: int = 512 * 1024
     """Bytes of frames one session may have waiting; beyond, frames to it are dropped
     (a sender gets "recipient-busy")."""
+    relay_policy: dict[str, Any] | None = None
+    """What the embedded relay refuses and allows, told to each node (mesh netcheck)."""
     max_sessions_per_key: int = 8
     """Sessions (processes) one node key may hold on this server; the next is refused."""
     names: NameRules = field(default_factory=NameRules)
@@ -360,7 +362,8 @@ class SignalServer:
                     session.node = node
                     self.stats["registered"] += 1
                     ice = self.config.ice_servers(node, time.time())
-                    session.push(p.encode(p.Registered(node, ice, self.instance)))
+                    session.push(p.encode(p.Registered(node, ice, self.instance,
+                                                       self.config.relay_policy)))
             case p.Send(to, payload, ref):
                 if session.node is None:
                     self._reject(session, "not-registered", "register first", ref)

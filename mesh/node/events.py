@@ -289,6 +289,8 @@ class NetcheckEvent(Event):
     turn_udp: bool | None
     turn_tcp: bool | None
     notes: list[str]
+    relay_policy: dict[str, Any] | None = None
+    """The embedded relay's peer policy as the server told it (None: not told)."""
 
     def human(self) -> str:
         def yn(v: bool | None) -> str:
@@ -307,6 +309,10 @@ class NetcheckEvent(Event):
             f"TURN over UDP  {yn(self.turn_udp)}",
             f"TURN over TCP  {yn(self.turn_tcp)}",
         ]
+        if self.relay_policy is not None:
+            allows = ", ".join(self.relay_policy.get("allows") or []) or "nothing more"
+            lines.append(f"relay refuses  {self.relay_policy.get('refuses')}; "
+                         f"--relay-allow opens: {allows}")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 

@@ -98,6 +98,7 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetcheckEvent:
         rtt = await client.ping()
         servers = client.ice_servers
         url = client.url
+        relay = client.relay_policy
     finally:
         await client.close()
     plan = ice_plan(servers)
@@ -105,7 +106,8 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetcheckEvent:
     turn = {server.transport: ((server.host, server.port), server.username or "",
                                server.password or "")
             for server in (plan.turn_udp, plan.turn_tcp) if server is not None}
-    report: dict[str, Any] = {"signal_url": url, "signal_rtt_ms": rtt, "notes": []}
+    report: dict[str, Any] = {"signal_url": url, "signal_rtt_ms": rtt, "notes": [],
+                              "relay_policy": relay}
     if stun_addr is None:
         report["notes"].append("the signaling server hands out no STUN server")
         return _report(report)
@@ -152,6 +154,6 @@ async def netcheck(identity: Identity, urls: list[str]) -> NetcheckEvent:
 def _report(fields: dict[str, Any]) -> NetcheckEvent:
     defaults: dict[str, Any] = {"stun_server": None, "udp": False, "public_addr": None,
                                 "mapping": "unknown", "stun_rtt_ms": None, "turn_udp": None,
-                                "turn_tcp": None}
+                                "turn_tcp": None, "relay_policy": None}
     return NetcheckEvent(**{**defaults, **fields})
 

@@ -55,6 +55,8 @@ class SignalClient:
         self.urls = list(urls)
         self.url = self.urls[0]
         self.ice_servers: tuple[dict[str, Any], ...] = ()
+        self.relay_policy: dict[str, Any] | None = None
+        """What the server's embedded relay refuses and allows (None: not told)."""
         self._on_payload = on_payload
         self._on_state = on_state or (lambda state, url: None)
         self._http: aiohttp.ClientSession | None = None
@@ -190,6 +192,7 @@ class SignalClient:
             await ws.close()
             raise
         self.ice_servers = reply.ice_servers
+        self.relay_policy = reply.relay
         self._ws = ws
         self.url = url
         self.registered.set()

@@ -6,7 +6,9 @@ frames of UTF-8 JSON objects, at most 64 KiB each. Every frame has ``type``.
 Server -> client::
 
     {"type": "hello", "version": 1, "nonce": B64(32 bytes)}
-    {"type": "registered", "node": NODE, "ice_servers": [ICE...], "instance": STR}
+    {"type": "registered", "node": NODE, "ice_servers": [ICE...], "instance": STR,
+     "relay": {"refuses": TEXT, "allows": [CIDR...]}  (optional: the embedded relay's
+     peer policy, for `mesh netcheck`)}
     {"type": "deliver", "from": NODE, "payload": B64}
     {"type": "error", "code": CODE, "message": TEXT, "ref": INT|null}
     {"type": "pong"}
@@ -128,6 +130,8 @@ class Registered:
     node: str
     ice_servers: tuple[dict[str, Any], ...]
     instance: str
+    relay: dict[str, Any] | None = None
+    """The embedded relay's peer policy: what it refuses, which ranges it allows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +273,13 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
         if not isinstance(ice, list) or not all(isinstance(x, dict) for x in ice):
             raise FrameError("bad-frame", "ice_servers must be a list of objects")
         inst = obj.get("instance", "")
-        return Registered(_node(obj.get("node"), "node"), tuple(ice), str(inst))
+        relay = obj.get("relay")
+        if relay is not None and not (
+                isinstance(relay, dict) and isinstance(relay.get("refuses"), str)
+                and isinstance(relay.get("allows"), list)
+                and all(isinstance(c, str) for c in relay["allows"])):
+            raise FrameError("bad-frame", "relay must be {refuses: text, allows: [cidr]}")
+        return Registered(_node(obj.get("node"), "node"), tuple(ice), str(inst), relay)
     if kind == "deliver":
         return Deliver(_node(obj.get("from"), "from"),
                        _unb64(obj.get("payload"), "payload", MAX_FRAME))
@@ -302,9 +312,11 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
             obj = {"type": "ping"}
         case Hello(version, nonce):
             obj = {"type": "hello", "version": version, "nonce": _b64(nonce)}
-        case Registered(node, ice, instance):
+        case Registered(node, ice, instance, relay):
             obj = {"type": "registered", "node": node, "ice_servers": list(ice),
                    "instance": instance}
+            if relay is not None:
+                obj["relay"] = relay
         case Deliver(sender, payload):
             obj = {"type": "deliver", "from": sender, "payload": _b64(payload)}
         case Error(code, message, ref):

@@ -205,6 +205,12 @@ def test_netcheck_on_loopback(mesh: Mesh) -> None:
     assert report["event"] == "netcheck" and report["udp"] is True
     assert report["mapping"] == "endpoint-independent"
     assert report["turn_udp"] is True and report["turn_tcp"] is True
+    # the relay's policy, as the server tells it: what it refuses, what --relay-allow opened
+    assert "loopback" in report["relay_policy"]["refuses"]
+    assert report["relay_policy"]["allows"] == []
+    _, opened = mesh.signal("--relay-allow", "127.0.0.0/8")
+    human = mesh.run("netcheck", "--signal", opened)
+    assert human.returncode == 0 and "--relay-allow opens: 127.0.0.0/8" in human.stdout
     port = free_port()
     assert_clean_failure(mesh.run("netcheck", "--signal", f"ws://127.0.0.1:{port}/", "--json"),
                          4, "cannot reach")

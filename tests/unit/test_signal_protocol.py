@@ -20,6 +20,7 @@ def test_client_round_trip(frame: p.ClientFrame) -> None:
 
 @pytest.mark.parametrize("frame", [
     p.Hello(1, b"n" * 32), p.Registered(NODE, ({"urls": ["stun:x"]},), "i1"),
+    p.Registered(NODE, (), "i2", {"refuses": "loopback", "allows": ["10.0.0.0/8"]}),
     p.Deliver(NODE, b"x"), p.Error("unknown-destination", "gone", 3), p.Pong(),
 ])
 def test_server_round_trip(frame: p.ServerFrame) -> None:
@@ -68,4 +69,13 @@ def test_fuzz_structured_client_frames(obj: dict[str, object]) -> None:
 @settings(max_examples=300)
 def test_fuzz_server_frames(text: str) -> None:
     with contextlib.suppress(p.FrameError):
+        p.parse_server_frame(text)
+
+
+@pytest.mark.parametrize("relay", [[], "x", {"refuses": 1, "allows": []},
+                                   {"refuses": "x", "allows": [1]}, {"refuses": "x"}])
+def test_a_malformed_relay_policy_is_a_bad_frame(relay: object) -> None:
+    text = json.dumps({"type": "registered", "node": NODE, "ice_servers": [],
+                       "instance": "i", "relay": relay})
+    with pytest.raises(p.FrameError):
         p.parse_server_frame(text)
