@@ -89,6 +89,10 @@ class ConnectError(MeshError):
     exit_code = 5
 
 
+class RelayRefused(ConnectError):
+    """The TURN relay refused every address of the peer (its policy, e.g. loopback)."""
+
+
 class HandshakeError(ConnectError):
     """The peer's signed answer or its admission proof did not verify."""
 

@@ -23,6 +23,8 @@ upstream release changes one of them:
   ``SSL_write``/``BIO_read`` or ``BIO_write``/``SSL_read`` call on the same
   session, 1.7 us a record instead of pyOpenSSL's 5.1 (sealing) and 3.5
   (opening), measured on this machine at 1400 bytes.
+- ``Connection._protocols``: the sockets ICE gathered on, to reach each relayed
+  candidate's TURN client and note the peer addresses its relay refuses (relaywatch.py).
 - ``TurnTransport.__inner_protocol`` and its ``peer_to_channel``,
   ``channel_to_peer``, ``channel_refresh_at``, ``peer_connect_waiters``,
   ``transport``: to send a relayed datagram as TURN ChannelData at once, as
@@ -61,6 +63,12 @@ def openssl(session: SSL.Connection) -> tuple[Any, Any, Any, Any, Any]:
     from OpenSSL._util import ffi, lib
 
     return ffi, lib, session._ssl, session._into_ssl, session._from_ssl
+
+
+def turn_clients(connection: Connection) -> list[Any]:
+    """The TURN client protocols under the relayed candidates ``connection`` gathered."""
+    clients = (turn_client(getattr(p, "transport", None)) for p in connection._protocols)
+    return [c for c in clients if c is not None]
 
 
 def turn_client(transport: Any) -> Any | None:

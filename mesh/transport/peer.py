@@ -32,7 +32,7 @@ from typing import Any
 import aioice
 from aiortc import RTCCertificate
 
-from mesh.errors import ConnectError, HandshakeError
+from mesh.errors import ConnectError, HandshakeError, RelayRefused
 from mesh.proto import plpmtud, sdp
 
 from . import _private
@@ -40,6 +40,7 @@ from .channel import Channel
 from .datapath import DataPath
 from .dtls import Handshake
 from .ice import IceConnection, IcePlan, IceSettings
+from .relaywatch import RelayWatch
 from .wire import Wire
 
 log = logging.getLogger("mesh.peer")
@@ -108,6 +109,9 @@ class Peer:
         self._task: asyncio.Task[None] | None = None
         self._mid = "0"
         self._closing = False
+        self._failure: ConnectError | None = None
+        """Why the attempt failed, when it is known better than "ICE failed"."""
+        self._relay_watch = RelayWatch(self._relay_refused)
         self.control: Channel | None = None
 
     # -- SDP ------------------------------------------------------------------------
@@ -151,6 +155,7 @@ class Peer:
             await connection.gather_candidates()
         except (OSError, ValueError) as exc:
             raise ConnectError(f"could not gather ICE candidates: {exc}") from exc
+        self._relay_watch.watch(connection)
 
     def _describe(self, setup: str) -> str:
         connection = self._connection
@@ -182,9 +187,14 @@ class Peer:
         try:
             connection.remote_username = remote.ice_ufrag
             connection.remote_password = remote.ice_pwd
+            remote_addrs = []
             for text in remote.candidates:
                 with contextlib.suppress(ValueError):
-                    await connection.add_remote_candidate(aioice.Candidate.from_sdp(text))
+                    candidate = aioice.Candidate.from_sdp(text)
+                    remote_addrs.append((candidate.host, candidate.port))
+                    await connection.add_remote_candidate(candidate)
+            if all(c.type == "relay" for c in connection.local_candidates):
+                self._relay_watch.expect(remote_addrs)  # relayed only: the relay decides
             if remote.end_of_candidates:  # else (a browser's trickle offer) checks that
                 await connection.add_remote_candidate(None)  # arrive still find pairs
             await connection.connect()
@@ -236,6 +246,15 @@ class Peer:
     def _on_ready(self) -> None:
         self._set_state("connected")
 
+    def _relay_refused(self, message: str) -> None:
+        """Every peer address this attempt could use was refused by the relay: fail now
+        with that reason, instead of waiting out the timeout."""
+        log.info("%s", message)
+        self._failure = RelayRefused(message)
+        self._set_state("failed")
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
     def _on_end(self, reason: str, by_peer: bool) -> None:
         log.info("association ended: %s", reason)
         self._set_state("closed" if self._closing or by_peer else "failed")
@@ -285,7 +304,7 @@ class Peer:
             if state == "connected":
                 done.set_result(None)
             elif state in ("failed", "closed"):
-                done.set_exception(ConnectError(
+                done.set_exception(self._failure or ConnectError(
                     "could not establish a peer-to-peer path (ICE/DTLS failed)"))
 
         self._state_listeners.append(check)

@@ -21,6 +21,8 @@ def test_aioice_connection_hooks_and_selected_pair() -> None:
         connection = aioice.Connection(ice_controlling=True)
         assert connection._nominated == {}  # a dict of component -> CandidatePair
         assert _private.nominated_pair(connection) is None
+        assert connection._protocols == []  # the gathered sockets (relaywatch.py)
+        assert _private.turn_clients(connection) == []
         await connection.close()
     asyncio.run(check())
     hooks = inspect.signature(aioice.Connection.get_component_candidates).parameters
@@ -83,3 +85,10 @@ def test_pyopenssl_session_handles_and_binding() -> None:
     for name in ("SSL_write", "SSL_read", "SSL_get_error", "BIO_read", "BIO_write",
                  "ERR_clear_error", "SSL_ERROR_WANT_READ", "SSL_ERROR_ZERO_RETURN"):
         assert hasattr(lib, name), name
+
+
+def test_aioice_turn_client_binds_channels_through_an_overridable_method() -> None:
+    """relaywatch.py wraps channel_bind per instance: send_data must call it through
+    self, and a failed bind must raise TransactionFailed with the response."""
+    assert "await self.channel_bind(" in inspect.getsource(TurnClientMixin.send_data)
+    assert inspect.iscoroutinefunction(TurnClientMixin.channel_bind)
