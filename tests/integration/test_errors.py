@@ -214,3 +214,20 @@ def test_netcheck_on_loopback(mesh: Mesh) -> None:
     port = free_port()
     assert_clean_failure(mesh.run("netcheck", "--signal", f"ws://127.0.0.1:{port}/", "--json"),
                          4, "cannot reach")
+
+
+def test_stopping_a_connect_with_a_pending_local_connection_is_quiet(
+        mesh: Mesh, echo: EchoServer) -> None:
+    """A local connection waiting for a path when the connect is stopped: exit 0 and no
+    asyncio traceback (issue 21 #10)."""
+    _, url = mesh.signal()
+    share, ticket = mesh.share(echo.port, url)
+    conn, local = mesh.connect(ticket)
+    share.stop()
+    conn.event("disconnected", timeout=30)
+    with socket.create_connection(("127.0.0.1", local), timeout=5) as waiting:
+        waiting.sendall(b"hello")  # waits for a path that will not come back
+        time.sleep(0.5)
+        conn.p.send_signal(signal.SIGTERM)
+        assert conn.wait(15) == 0
+    assert "Traceback" not in "".join(conn.stderr), conn.stderr
