@@ -6,7 +6,7 @@ One channel moves ``--mb`` megabytes of 64 KiB messages from one core to the
 other; every datagram is handed across at once and the fake clock steps 0.1 ms
 per round. Prints MB/s and microseconds per packet (both ends together). With
 ``--pure`` the core's modules are imported from their .py files even where the
-install compiled them (the same import hook as tests/unit/test_compiled.py), so
+install compiled them (tests/purecore.py, as tests/unit/test_compiled.py does), so
 compiled and plain Python can be compared on one machine; ``--discover`` lets
 PLPMTUD grow the packets (otherwise they stay at 1189 bytes).
 """
@@ -14,28 +14,15 @@ PLPMTUD grow the packets (otherwise they stay at 1189 bytes).
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-class _SourceOnly(importlib.abc.MetaPathFinder):
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if not (name.startswith("mesh.proto.sctp.") or name == "mesh.proto.plpmtud"):
-            return None
-        for entry in path or sys.path:
-            candidate = Path(entry) / (name.rsplit(".", 1)[-1] + ".py")
-            if candidate.exists():
-                return importlib.util.spec_from_file_location(name, candidate)
-        return None
+from tests.purecore import import_as_python  # noqa: E402
 
 
 def main() -> None:
@@ -46,7 +33,7 @@ def main() -> None:
     ap.add_argument("--discover", action="store_true")
     args = ap.parse_args()
     if args.pure:
-        sys.meta_path.insert(0, _SourceOnly())
+        import_as_python()
     from mesh.proto.sctp import channels as ch
 
     a = ch.DataChannels(client=True, now=0.0, discover=args.discover)

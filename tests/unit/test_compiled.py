@@ -19,30 +19,15 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCES = [*sorted(p for p in (ROOT / "mesh/proto/sctp").glob("*.py") if p.name != "__init__.py"),
-           ROOT / "mesh/proto/plpmtud.py"]
-MODULES = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in SOURCES]
+from tests.purecore import MODULES, ROOT, SOURCES
 
 PURE = """
-import importlib.abc, importlib.util, sys
-from pathlib import Path
-NAMES = set(sys.argv[1].split(","))
-
-class SourceOnly(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name not in NAMES:
-            return None
-        for entry in path or sys.path:
-            candidate = Path(entry) / (name.rsplit(".", 1)[-1] + ".py")
-            if candidate.exists():
-                return importlib.util.spec_from_file_location(name, candidate)
-        return None
-
-sys.meta_path.insert(0, SourceOnly())
+import sys
+from tests.purecore import MODULES, import_as_python
+import_as_python()
 import pytest
-code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[2:]])
-for name in sorted(NAMES):
+code = pytest.main(["-q", "-p", "no:cacheprovider", *sys.argv[1:]])
+for name in MODULES:
     module = sys.modules.get(name)
     assert module is None or module.__file__.endswith(".py"), module
 sys.exit(code)
@@ -76,7 +61,7 @@ def test_the_core_is_compiled_where_the_install_could_compile_it() -> None:
 
 def test_the_plain_python_core_passes_the_core_tests() -> None:
     res = subprocess.run(
-        [sys.executable, "-c", PURE, ",".join(MODULES), "tests/unit/test_sctp.py",
+        [sys.executable, "-c", PURE, "tests/unit/test_sctp.py",
          "tests/unit/test_plpmtud.py", "tests/unit/test_channel.py"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
