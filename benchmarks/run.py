@@ -182,6 +182,17 @@ def mesh_path(mesh: Mesh, relay: bool, base_size: bool = False) -> PathKind:
                     packet_bytes=lambda: packets[-1] if packets else 1189)
 
 
+def exchange(listen: subprocess.Popen[str], dial: subprocess.Popen[str]) -> dict[str, Any]:
+    """A floor-shaped forwarder pair (floor.py, ndc/forward.mjs): ``listen``'s offer to
+    ``dial``, its answer back; then ``listen``'s {"listening": PORT, "open_ms": T}."""
+    assert listen.stdout and listen.stdin and dial.stdout and dial.stdin
+    dial.stdin.write(listen.stdout.readline())
+    dial.stdin.flush()
+    listen.stdin.write(dial.stdout.readline())
+    listen.stdin.flush()
+    return dict(json.loads(listen.stdout.readline()))
+
+
 def floor_path() -> PathKind:
     procs: list[subprocess.Popen[str]] = []
 
@@ -194,12 +205,7 @@ def floor_path() -> PathKind:
                                  f"127.0.0.1:{target}"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
         procs.extend([listen, dial])
-        assert listen.stdout and listen.stdin and dial.stdout and dial.stdin
-        dial.stdin.write(listen.stdout.readline())
-        dial.stdin.flush()
-        listen.stdin.write(dial.stdout.readline())
-        listen.stdin.flush()
-        info = json.loads(listen.stdout.readline())
+        info = exchange(listen, dial)
 
         def stop() -> None:
             for p in (listen, dial):

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import Source, download  # noqa: E402
+from run import Source, download, exchange  # noqa: E402
 
 from tests.conftest import MESH, Proc, stop_all  # noqa: E402
 from tests.natlab.lab import Lab, available  # noqa: E402
@@ -254,12 +254,7 @@ class Bench:
         """A floor-shaped forwarder: ``listen`` in b prints an offer, ``dial`` in a answers."""
         lst = self.popen(self.b, listen, env_b, stdin=True)
         dia = self.popen(self.a, dial, env_a, stdin=True)
-        assert lst.stdout and lst.stdin and dia.stdout and dia.stdin
-        dia.stdin.write(lst.stdout.readline())
-        dia.stdin.flush()
-        lst.stdin.write(dia.stdout.readline())
-        lst.stdin.flush()
-        info = json.loads(lst.stdout.readline())
+        info = exchange(lst, dia)
 
         def stop() -> None:
             for p in (lst, dia):
