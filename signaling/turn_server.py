@@ -31,6 +31,7 @@ from typing import Any, cast
 
 from mesh.errors import AddressInUse
 from mesh.proto import sockopt, stun
+from mesh.proto.limits import ConnectionCounter
 
 from .policy import RelayPolicy
 from .turn import ClientKey, Output, Release, ToClient, ToPeer, TurnConfig, TurnCore
@@ -135,7 +136,8 @@ class TurnServer:
         """Seconds a TCP client has to hold an allocation (authenticated) before it
         is closed; one whose allocation has gone is closed at the next idle check."""
         self.tcp_idle_check = tcp_idle_check
-        self._tcp_per_ip: dict[str, int] = {}
+        self._tcp_conns = ConnectionCounter(tcp_per_address)
+        """TURN-over-TCP connections per client address."""
         self.host, self.port, self.relay_host = host, port, relay_host
         self.core = TurnCore(config, policy, self._bind_relay)
         self._udp: _Udp | None = None
@@ -242,11 +244,9 @@ class TurnServer:
         name = f"tcp:{next(self._ids)}"
         peer = writer.get_extra_info("peername")
         ip = str(peer[0])
-        if (self._tcp_per_ip.get(ip, 0) >= self.tcp_per_address
-                or len(self._tcp_clients) >= self.tcp_total):
+        if len(self._tcp_clients) >= self.tcp_total or not self._tcp_conns.acquire(ip):
             writer.close()  # over the caps: closed before anything is read or held
             return
-        self._tcp_per_ip[ip] = self._tcp_per_ip.get(ip, 0) + 1
         client: ClientKey = (name, (peer[0], peer[1]))
         self._tcp_clients[name] = writer
         framer = stun.StreamFramer()
@@ -273,11 +273,7 @@ class TurnServer:
             pass
         finally:
             self._tcp_clients.pop(name, None)
-            left = self._tcp_per_ip.get(ip, 1) - 1
-            if left:
-                self._tcp_per_ip[ip] = left
-            else:
-                self._tcp_per_ip.pop(ip, None)
+            self._tcp_conns.release(ip)
             self.dispatch(self.core.client_gone(client))
             writer.close()
 

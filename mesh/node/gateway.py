@@ -56,7 +56,7 @@ from mesh.http.proxy import HttpProxy, Route
 from mesh.proto import ticket as ticket_mod
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
-from mesh.proto.limits import TokenBucket
+from mesh.proto.limits import ConnectionCounter, TokenBucket
 from mesh.proto.names import check_basic_auth, valid_name
 from mesh.transport.stream import TcpDuplex
 
@@ -93,15 +93,6 @@ class _Clients:
         while len(self.buckets) > self.limit:
             self.buckets.popitem(last=False)
         return bucket.take(now)
-
-
-def _count(counts: dict[str, int], key: str, step: int) -> None:
-    """Add ``step`` to ``counts[key]``, forgetting keys that reach zero."""
-    value = counts.get(key, 0) + step
-    if value > 0:
-        counts[key] = value
-    else:
-        counts.pop(key, None)
 
 
 def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, bytes] | None:
@@ -150,9 +141,9 @@ class Gateway:
             response_timeout=config.share_timeout, max_body=config.max_body,
             upstream_timeout=config.resolve_timeout)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._open: dict[str, int] = {}
+        self._open = ConnectionCounter(config.max_requests_per_client)
         """Open requests per client address."""
-        self._conns: dict[str, int] = {}
+        self._conns = ConnectionCounter(config.max_conns_per_client)
         """Open connections per client address."""
 
     def emit(self, event: events.Event) -> None:
@@ -243,17 +234,16 @@ class Gateway:
                          writer: asyncio.StreamWriter) -> None:
         caller = TcpDuplex(reader, writer)
         client = caller.peer()
-        if self._conns.get(client, 0) >= self.config.max_conns_per_client:
+        if not self._conns.acquire(client):
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n"
                          b"retry-after: 5\r\nconnection: close\r\n\r\n")
             writer.close()  # before anything is read: an idle flood holds nothing here
             return
-        _count(self._conns, client, +1)
         try:
             await HttpProxy(caller, _Caller(self, client), config=self._http,
                             store=self.store, on_request=self._log, client_addr=client).run()
         finally:
-            _count(self._conns, client, -1)
+            self._conns.release(client)
 
     def _log(self, ex: Exchange) -> None:
         self.emit(events.Request.from_exchange(ex))
@@ -288,7 +278,7 @@ class Gateway:
         if not entry.bucket.take(now):
             return Refusal(503, f"mesh gateway: the share {name!r} is over its request "
                                 "rate; retry shortly", (("retry-after", "1"),))
-        if self._open.get(client, 0) >= cfg.max_requests_per_client:
+        if self._open.at_limit(client):
             return Refusal(503, "mesh gateway: too many open requests from your address; "
                                 "finish one first", (("retry-after", "1"),))
         if entry.streams >= cfg.max_streams_per_share:
@@ -304,11 +294,11 @@ class Gateway:
         out = forwarded(out, client=client, proto=b"https" if self._tls else b"http",
                         host=host) + framing(headers)
         entry.streams += 1
-        _count(self._open, client, +1)
+        self._open.acquire(client)
 
         def release() -> None:
             entry.streams -= 1
-            _count(self._open, client, -1)
+            self._open.release(client)
 
         return Route(key=name, opener=entry.tunnel.open_stream, target=target, headers=out,
                      peer=name, release=release)

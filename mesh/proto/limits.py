@@ -37,10 +37,14 @@ class ConnectionCounter:
         self._open: Counter[str] = Counter()
 
     def acquire(self, addr: str) -> bool:
-        if self._open[addr] >= self.limit:
+        if self.at_limit(addr):
             return False
         self._open[addr] += 1
         return True
+
+    def at_limit(self, addr: str) -> bool:
+        """Whether ``acquire(addr)`` would refuse now."""
+        return self._open[addr] >= self.limit
 
     def release(self, addr: str) -> None:
         self._open[addr] -= 1

@@ -64,7 +64,7 @@ async def test_turn_tcp_strangers_are_capped_and_timed_out_and_clients_stay() ->
         assert sum(now) == 6  # over the per-address cap: closed at once
         later = await asyncio.gather(*(closed(r, 2.0) for r, _ in parked))
         assert all(later)  # the rest: closed at the allocation deadline
-        assert server._tcp_per_ip == {} and server._tcp_clients == {}
+        assert server._tcp_conns.total() == 0 and server._tcp_clients == {}
         # a client that authenticates in time keeps its connection past the deadline
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         assert (await allocate(reader, writer)).cls == s.SUCCESS
