@@ -137,6 +137,19 @@ def idle_option(f: F) -> F:
                         help="Close a connection idle this many seconds (0: never).")(f)
 
 
+def udp_options(*, max_flows: int, per: str) -> Callable[[F], F]:
+    """``--udp-idle`` and ``--max-flows`` (a UDP share's flows)."""
+    def apply(f: F) -> F:
+        f = click.option("--max-flows", default=max_flows, show_default=True,
+                         type=click.IntRange(1),
+                         help=f"UDP flows (client addresses) {per}; more are refused.")(f)
+        return click.option("--udp-idle", default=60.0, show_default=True,
+                            type=click.FloatRange(min=0, min_open=True), metavar="S",
+                            help="End a UDP flow after this many seconds without a "
+                                 "datagram.")(f)
+    return apply
+
+
 def raise_fd_limit() -> None:
     """A server holds one socket per client: use the whole hard limit."""
     import resource

@@ -17,8 +17,10 @@ from .common import (
     idle_option,
     json_option,
     max_streams_option,
+    raise_fd_limit,
     run_until_stopped,
     signal_option,
+    udp_options,
 )
 
 
@@ -58,13 +60,17 @@ from .common import (
                    "gateway (implies --http).")
 @click.option("--public-auth", default=None, metavar="USER:PASS",
               help="With --public: the gateway demands these Basic credentials.")
+@click.option("--udp", is_flag=True, help="Share a UDP service (with --tcp: both, on "
+                                           "one port).")
+@click.option("--tcp", is_flag=True, help="Share TCP (the default; with --udp: both).")
+@udp_options(max_flows=256, per="per peer")
 @json_option
 def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple[str, ...],
               ttl: int, max_peers: int, max_streams: int, idle_timeout: float,
               new_ticket: bool, no_lan: bool, lan_open: bool, http_mode: bool,
               inspect_addr: str | None, no_inspect: bool, basic_auth: str | None,
               host_header: str | None, public: bool, public_auth: str | None,
-              as_json: bool) -> None:
+              udp: bool, tcp: bool, udp_idle: float, max_flows: int, as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
     from mesh.node.config import ShareConfig
     from mesh.proto.names import check_basic_auth, parse_hostport
@@ -79,7 +85,8 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
             max_streams=max_streams, idle_timeout=idle_timeout, new_ticket=new_ticket,
             lan=not no_lan and environ.lan_enabled(), lan_open=lan_open, http=http,
             public=public, public_auth=(check_basic_auth(public_auth, "--public-auth")
-                                        if public_auth is not None else None))
+                                        if public_auth is not None else None),
+            udp=udp, tcp=tcp or not udp, udp_idle=udp_idle, max_flows=max_flows)
 
     out = Output(as_json)
     config = configured(as_json, build)
@@ -87,6 +94,8 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
     async def run() -> None:
         from mesh.node.share import Share
 
+        if config.udp:
+            raise_fd_limit()  # a socket toward the service per UDP flow
         async with Share(config, on_event=out):
             await forever()
 
@@ -165,11 +174,12 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
 @click.option("--relay-only", is_flag=True,
               help="Connect only through the TURN relay: the sharer never sees this "
                    "machine's addresses.")
+@udp_options(max_flows=1024, per="at once")
 @json_option
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
-                http_mode: bool, no_http_guard: bool, relay_only: bool,
-                as_json: bool) -> None:
+                http_mode: bool, no_http_guard: bool, relay_only: bool, udp_idle: float,
+                max_flows: int, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from mesh.node.config import ConnectConfig
     from mesh.proto import ticket as ticket_mod
@@ -177,7 +187,7 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
     options: dict[str, Any] = dict(
         port=port, host=bind_host, max_streams=max_streams, idle_timeout=idle_timeout,
         upgrade_interval=retry_direct, http=http_mode, no_http_guard=no_http_guard,
-        relay_only=relay_only)
+        relay_only=relay_only, udp_idle=udp_idle, max_flows=max_flows)
 
     def build() -> tuple[str, ...]:
         urls = environ.signal_urls(signal_urls) if signal_urls else ()

@@ -76,10 +76,26 @@ class ShareConfig:
     """Claim ``name`` and let the signaling tier's gateway serve it (``--public``)."""
     public_auth: tuple[str, str] | None = None
     """Basic credentials the gateway demands from public callers (``--public-auth``)."""
+    udp: bool = False
+    """Share a UDP service (``--udp``): datagrams on unreliable, unordered channels."""
+    tcp: bool | None = None
+    """Share TCP too (``--tcp``); unset: TCP unless ``udp``."""
+    udp_idle: float = 60.0
+    """Seconds a UDP flow lives without a datagram either way."""
+    max_flows: int = 256
+    """UDP flows (client addresses, each its own socket toward the service) per peer."""
     ice: IceSettings = field(default_factory=ice_from_env)
     """Which local addresses ICE uses, and path MTU discovery."""
 
     def __post_init__(self) -> None:
+        if self.tcp is None:
+            object.__setattr__(self, "tcp", not self.udp)
+        if not (self.tcp or self.udp):
+            raise ConfigError("share TCP, UDP or both (--tcp, --udp)")
+        if self.udp and (self.http is not None or self.public):
+            flag = "--public" if self.public else "--http"
+            raise ConfigError(f"--udp cannot go with {flag}: HTTP and the public gateway "
+                              "run over TCP")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not (
                 1 <= self.port <= 65535):
             raise ConfigError(f"cannot share port {self.port!r}: ports are 1-65535")
@@ -102,8 +118,10 @@ class ShareConfig:
         for what in ("max_peers", "max_streams"):
             if getattr(self, what) < 1:
                 raise ConfigError(f"--{what.replace('_', '-')} must be at least 1")
-        _positive(self, "handshake_timeout", "dial_timeout")
+        _positive(self, "handshake_timeout", "dial_timeout", "udp_idle")
         _positive(self, "idle_timeout", zero_ok=True)
+        if self.max_flows < 1:
+            raise ConfigError("--max-flows must be at least 1")
         if self.public_auth is not None and not self.public:
             raise ConfigError("--public-auth needs --public")
         if self.public:
@@ -117,6 +135,11 @@ class ShareConfig:
     def target(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def protos(self) -> str:
+        """``tcp``, ``udp`` or ``tcp+udp``."""
+        return "+".join(p for p, on in (("tcp", self.tcp), ("udp", self.udp)) if on)
 
 
 @dataclass(frozen=True)
@@ -161,11 +184,20 @@ class ConnectConfig:
     relay_only: bool = False
     """Connect only through the TURN relay: the sharer never learns this machine's
     addresses (``--relay-only``); no direct attempt, no upgrade."""
+    udp_idle: float = 60.0
+    """Seconds a UDP flow (one local client address) lives without a datagram."""
+    max_flows: int = 1024
+    """UDP flows (local client addresses) at once; datagrams of more are dropped."""
     ice: IceSettings = field(default_factory=ice_from_env)
     """Which local addresses ICE uses, and path MTU discovery."""
 
     def __post_init__(self) -> None:
         names.check_port(self.port, "--port", zero_ok=True)
+        if self.http and not self.ticket.tcp:
+            raise ConfigError(f"share {self.ticket.name or 'share'!r} carries UDP only; "
+                              "--http needs a TCP share")
+        if self.max_flows < 1:
+            raise ConfigError("--max-flows must be at least 1")
         names.check_host(self.host, "--bind")
         for url in self.signal_urls:
             names.check_signal_url(url)
@@ -173,14 +205,14 @@ class ConnectConfig:
             raise ConfigError("--max-streams must be at least 1")
         if self.http and self.no_http_guard:
             raise ConfigError("--http and --no-http-guard contradict each other")
+        _positive(self, "answer_timeout", "connect_timeout", "admission_timeout",
+                  "wait_for_path", "upgrade_interval", "udp_idle")
+        _positive(self, "relay_after", "idle_timeout", zero_ok=True)
 
     @property
     def guard_http(self) -> bool:
         """Whether local requests go through the HTTP Host guard."""
         return self.http or (self.ticket.http and not self.no_http_guard)
-        _positive(self, "answer_timeout", "connect_timeout", "admission_timeout",
-                  "wait_for_path", "upgrade_interval")
-        _positive(self, "relay_after", "idle_timeout", zero_ok=True)
 
 
 @dataclass(frozen=True)

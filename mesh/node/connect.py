@@ -38,6 +38,7 @@ from mesh.http.roles import GuardRole
 from mesh.proto import control, link
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket
+from mesh.transport import udp
 from mesh.transport.ice import IcePlan, ice_plan, udp_reachable
 from mesh.transport.stream import Counters, Stream, TcpDuplex, splice
 
@@ -99,6 +100,8 @@ class Tunnel:
         self._closed = False
         self._last_warning: dict[str, float] = {}
         self._control = ControlServer(self.snapshot) if config.control_socket else None
+        self.udp: udp.ConnectorUdp | None = None
+        """The UDP listener, when the share carries UDP."""
 
     # -- public ---------------------------------------------------------------------
     @property
@@ -162,19 +165,48 @@ class Tunnel:
             raise
 
     async def _listen(self) -> None:
+        """The local TCP and/or UDP listener (one port number for both)."""
+        cfg = self.config
+        for attempt in range(10):
+            try:
+                await self._bind(cfg.port)
+                break
+            except AddressInUse:  # port 0: TCP got a port whose UDP side is taken
+                if cfg.port or attempt == 9:
+                    raise
+        if self._server is not None:
+            self.emit(events.Listening(cfg.host, self.port, "tcp"))
+        if self.udp is not None:
+            self.emit(events.Listening(cfg.host, self.port, "udp"))
+
+    async def _bind(self, port: int) -> None:
         cfg = self.config
         try:
-            self._server = await asyncio.start_server(self._on_client, cfg.host, cfg.port)
+            if self.ticket.tcp:
+                self._server = await asyncio.start_server(self._on_client, cfg.host, port)
+                port = self._server.sockets[0].getsockname()[1]
+            if self.ticket.udp:
+                self.udp = udp.ConnectorUdp(cfg.udp_idle, cfg.max_flows, self._warn_once)
+                port = await self.udp.listen(cfg.host, port)
         except OSError as exc:
+            if self._server is not None:
+                self._server.close()
+                self._server = None
+            if self.udp is not None:
+                self.udp.close()
+                self.udp = None
+            what = "UDP port" if self.ticket.udp and not self.ticket.tcp else "port"
             if exc.errno == errno.EADDRINUSE:
-                raise AddressInUse(f"port {cfg.port} on {cfg.host} is already in use; "
+                raise AddressInUse(f"{what} {port} on {cfg.host} is already in use; "
                                    "pick another with --port (0 picks a free one)") from exc
-            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}") from exc
-        self.port = self._server.sockets[0].getsockname()[1]
-        self.emit(events.Listening(cfg.host, self.port))
+            raise ConfigError(f"cannot listen on {cfg.host}:{port}: {exc.strerror}") from exc
+        self.port = port
 
     async def open_stream(self) -> Stream:
         """A new tunnelled stream to the shared service (waits for a path, bounded)."""
+        if not self.ticket.tcp:
+            raise ConfigError(f"share {self.ticket.name or 'share'!r} carries UDP only: it "
+                              "has no TCP streams")
         if self.counters.streams_open >= self.config.max_streams:
             self._warn_once("too many local connections (--max-streams); refusing one")
             raise ConnectionRefusedError("too many tunnelled connections")
@@ -202,6 +234,8 @@ class Tunnel:
             await self._control.close()
         if self._server is not None:
             self._server.close()
+        if self.udp is not None:
+            self.udp.close()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -306,12 +340,15 @@ class Tunnel:
             started, self._began = min(started, self._began), None
         self._link = established
         self._up.set()
+        if self.udp is not None:
+            self.udp.attach(udp.open_channel(established.peer))
         info = established.info
         self.emit(events.Connected(
             peer=self.ticket.node_id, path=info.path, local_candidate=info.local_type,
             remote_candidate=info.remote_type, remote_addr=info.remote_addr,
             rtt_ms=established.rtt_ms, connect_ms=round((self._now() - started) * 1000, 3),
-            extra={"port": self.port, "name": self.ticket.name, "attempt": kind}))
+            extra={"port": self.port, "name": self.ticket.name, "attempt": kind,
+                   "proto": self.ticket.protos}))
         established.peer.watch_packet_size(lambda size: self.emit(
             events.PathMtu(self.ticket.node_id, size)))
         if self._first is not None and not self._first.done():
@@ -375,6 +412,8 @@ class Tunnel:
             "streams_open": self.counters.streams_open,
             "streams_total": self.counters.streams_total,
             "bytes_in": self.counters.bytes_in, "bytes_out": self.counters.bytes_out,
+            "proto": self.ticket.protos,
+            "udp": self.udp.snapshot() if self.udp is not None else None,
             "signal": {"url": self._signal.url if self._signal else None,
                        "registered": bool(self._signal and self._signal.registered.is_set())},
         }

@@ -45,8 +45,10 @@ def _instance(name: str, node: str) -> str:
 class Advertiser:
     """Announces one share; withdraws it (mDNS goodbye) on close."""
 
-    def __init__(self, identity: Identity, name: str, port: int, is_open: bool) -> None:
+    def __init__(self, identity: Identity, name: str, port: int, is_open: bool,
+                 protos: str = "tcp") -> None:
         self.identity, self.name, self.port, self.is_open = identity, name, port, is_open
+        self.protos = protos
         self._zc: Any = None
         self._info: Any = None
         self.addresses: list[str] = []
@@ -57,7 +59,7 @@ class Advertiser:
 
         self.addresses = lan_addresses()
         props = make_properties(self.identity, self.name, self.port, self.addresses,
-                                time.time(), self.is_open)
+                                time.time(), self.is_open, self.protos)
         self._info = ServiceInfo(
             SERVICE, _instance(self.name, self.identity.node_id),
             addresses=[socket.inet_aton(a) for a in self.addresses], port=self.port,
@@ -151,6 +153,7 @@ async def resolve(target: str, now: float, browse_seconds: float = 2.0) -> tuple
         raise ConfigError(f"share {ad.name!r} ({ad.node_id[:8]}) is not open to the LAN by "
                           "name; ask the sharer for its ticket")
     ticket = Ticket(node_id=ad.node_id, secret=open_secret(ad.node_id, ad.name),
-                    expires=int(now) + 3600, name=ad.name, signal_urls=ad.signal_urls)
+                    expires=int(now) + 3600, name=ad.name, signal_urls=ad.signal_urls,
+                    tcp="tcp" in ad.protos, udp="udp" in ad.protos)
     return ticket, True
 

@@ -36,9 +36,12 @@ class Ready(Event):
     name: str
     target: str
     signal_url: str
+    proto: str = "tcp"
+    """``tcp``, ``udp`` or ``tcp+udp``."""
 
     def human(self) -> str:
-        return (f"sharing {self.target} as {self.name or 'share'!r} (node {self.node_id[:8]})\n"
+        what = self.target if self.proto == "tcp" else f"{self.target} ({self.proto})"
+        return (f"sharing {what} as {self.name or 'share'!r} (node {self.node_id[:8]})\n"
                 f"connect from another machine with:\n\n  mesh connect {self.ticket}\n")
 
 
@@ -61,9 +64,12 @@ class Listening(Event):
     event: ClassVar[str] = "listening"
     host: str
     port: int
+    proto: str = "tcp"
+    """``tcp`` or ``udp`` (a share carrying both: one event for each)."""
 
     def human(self) -> str:
-        return f"listening on {self.host}:{self.port}"
+        return f"listening on {self.host}:{self.port}" + (
+            " (udp)" if self.proto == "udp" else "")
 
 
 @dataclass(frozen=True)

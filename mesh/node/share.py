@@ -158,7 +158,7 @@ class Share:
         self._hints = tuple(hints[:8])
         self._new_ticket()
         self.emit(events.Ready(self.ticket, self.identity.node_id, cfg.name, self.target,
-                               self._signal.url))
+                               self._signal.url, cfg.protos))
         self._spawn(self._renew_tickets())
         if not cfg.signal_urls:
             self.emit(events.Warning(
@@ -204,7 +204,7 @@ class Share:
         await local.start()
         self._signals.append(local)
         self._advertiser = Advertiser(self.identity, self.config.name, server.port,
-                                      self.lan_open)
+                                      self.lan_open, self.config.protos)
         try:
             await self._advertiser.start()
         except Exception as exc:  # zeroconf: no multicast here is not fatal
@@ -221,7 +221,8 @@ class Share:
                              secret=admission.ticket_secret(self.master, self.ticket_expires),
                              expires=self.ticket_expires, name=cfg.name,
                              signal_urls=cfg.signal_urls, lan_hints=self._hints,
-                             http=cfg.http is not None).encode(self.identity)
+                             http=cfg.http is not None, tcp=bool(cfg.tcp),
+                             udp=cfg.udp).encode(self.identity)
 
     def renew_ticket(self) -> None:
         """The ticket has expired: say so, and hand out a new one."""
@@ -240,7 +241,8 @@ class Share:
     def snapshot(self) -> dict[str, Any]:
         return {
             "kind": "share", "name": self.config.name, "node_id": self.identity.node_id,
-            "target": self.target, "uptime_s": round(time.monotonic() - self.started, 1),
+            "target": self.target, "proto": self.config.protos,
+            "uptime_s": round(time.monotonic() - self.started, 1),
             "ticket": self.ticket,
             "signal": {"url": self._signal.url if self._signal else None,
                        "registered": bool(self._signal and self._signal.registered.is_set())},

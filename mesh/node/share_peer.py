@@ -23,6 +23,7 @@ from mesh.proto import admission, control
 from mesh.transport.peer import Channel, PathInfo, Peer
 from mesh.transport.pump import ControlPump
 from mesh.transport.stream import Counters, Stream, describe, splice
+from mesh.transport.udp import SharerUdp
 
 from . import events
 
@@ -54,6 +55,8 @@ class SharePeer:
         self.info: PathInfo | None = None
         self.closed = False
         self._pump: ControlPump | None = None
+        self.udp: SharerUdp | None = None
+        """This peer's UDP flows (a UDP share, once the peer opened its ``udp`` channel)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -102,10 +105,14 @@ class SharePeer:
                 control.State.WAITING):
             pump.attach(channel)
         elif channel.label == "tcp" and self.admitted:
-            if self.counters.streams_open >= self.share.config.max_streams:
+            if not self.share.config.tcp:
+                Stream(channel, Counters()).abort("this share carries UDP only")
+            elif self.counters.streams_open >= self.share.config.max_streams:
                 Stream(channel, Counters()).abort("too many streams for this peer")
-                return
-            self._spawn(self._serve(Stream(channel, self.counters)))
+            else:
+                self._spawn(self._serve(Stream(channel, self.counters)))
+        elif channel.label == "udp" and self.admitted and self.share.config.udp:
+            self._serve_udp(channel)
         else:
             channel.close()
 
@@ -160,6 +167,15 @@ class SharePeer:
         stream.accept()
         await splice(stream, service, idle_timeout=cfg.idle_timeout)
 
+    def _serve_udp(self, channel: Channel) -> None:
+        """The peer's ``udp`` channel: one per peer connection (a new one replaces it)."""
+        cfg = self.share.config
+        if self.udp is not None:
+            self.udp.close()
+        self.udp = SharerUdp(cfg.host, cfg.port, cfg.udp_idle, cfg.max_flows,
+                             self.share.warn_service)
+        self.udp.attach(channel)
+
     # -- status and end -----------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         c = self.counters
@@ -171,6 +187,7 @@ class SharePeer:
                 "rtt_ms": self.rtt_ms, "streams_open": c.streams_open,
                 "streams_total": c.streams_total, "bytes_in": c.bytes_in,
                 "bytes_out": c.bytes_out,
+                "udp": self.udp.snapshot() if self.udp is not None else None,
                 "uptime_s": round(time.monotonic() - self.started, 1)}
 
     async def close(self) -> None:
@@ -180,6 +197,8 @@ class SharePeer:
         self.share.forget(self)
         if self._pump is not None:
             self._pump.close()
+        if self.udp is not None:
+            self.udp.close()
         current = asyncio.current_task()
         for task in list(self._tasks):
             if task is not current:

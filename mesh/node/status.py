@@ -128,9 +128,21 @@ def describe(procs: list[dict[str, Any]]) -> list[str]:
                              f"rtt {peer.get('rtt_ms')} ms  streams {peer.get('streams_open')}  "
                              f"in {peer.get('bytes_in')} B  out {peer.get('bytes_out')} B  "
                              f"up {peer.get('uptime_s', 0):.0f}s")
+                lines += _udp_line(peer.get("udp"), "    ")
         else:
             lines.append(f"connect {proc.get('name')!r} on 127.0.0.1:{proc.get('port')}  "
                          f"pid {proc.get('pid')}  {up}  {proc.get('path') or 'disconnected'}  "
                          f"rtt {proc.get('rtt_ms')} ms  streams {proc.get('streams_open')}  "
                          f"in {proc.get('bytes_in')} B  out {proc.get('bytes_out')} B")
+            lines += _udp_line(proc.get("udp"), "  ")
     return lines
+
+
+def _udp_line(udp: Any, indent: str) -> list[str]:
+    """UDP flows, datagrams and drops each way (``in``: from the peer)."""
+    if not isinstance(udp, dict):
+        return []
+    return [f"{indent}udp flows {udp.get('flows_open')} open, {udp.get('flows_total')} total, "
+            f"{udp.get('flows_refused')} refused  datagrams in {udp.get('datagrams_in')} "
+            f"(dropped {udp.get('drops_in')})  out {udp.get('datagrams_out')} "
+            f"(dropped {udp.get('drops_out')})"]

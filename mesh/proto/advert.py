@@ -6,8 +6,10 @@ ASCII)::
 
     v=1   n=<share name>   id=<node id>   p=<port>   a=<addr,addr,...>
     t=<unix seconds the advert was made>   o=<1 if open to LAN peers by name, else 0>
+    u=<"udp" or "tcp+udp"; absent for a TCP share>
     s=<base64 Ed25519 signature by the node key over
-       "mesh-advert-v1\\n" + n + "\\n" + id + "\\n" + p + "\\n" + a + "\\n" + t + "\\n" + o>
+       "mesh-advert-v1\\n" + n + "\\n" + id + "\\n" + p + "\\n" + a + "\\n" + t + "\\n" + o
+       (+ "\\n" + u when u is present)>
 
 An advert is only a hint: one with a bad signature, a malformed field or a TXT
 record over ``MAX_TXT`` bytes is dropped (``verify_properties`` returns None),
@@ -41,6 +43,8 @@ class Advert:
     addresses: tuple[str, ...]
     made: float
     open: bool
+    protos: str = "tcp"
+    """``tcp``, ``udp`` or ``tcp+udp``."""
 
     @property
     def signal_urls(self) -> tuple[str, ...]:
@@ -51,18 +55,25 @@ class Advert:
         return tuple(out)
 
 
-def _signed(name: str, node: str, port: str, addrs: str, made: str, is_open: str) -> bytes:
-    return "\n".join(["mesh-advert-v1", name, node, port, addrs, made, is_open]).encode()
+def _signed(name: str, node: str, port: str, addrs: str, made: str, is_open: str,
+            protos: str = "tcp") -> bytes:
+    parts = ["mesh-advert-v1", name, node, port, addrs, made, is_open]
+    if protos != "tcp":  # a TCP share's advert reads as it did before UDP shares
+        parts.append(protos)
+    return "\n".join(parts).encode()
 
 
 def make_properties(identity: Identity, name: str, port: int, addresses: list[str],
-                    now: float, is_open: bool) -> dict[str, str]:
+                    now: float, is_open: bool, protos: str = "tcp") -> dict[str, str]:
     addrs = ",".join(addresses)
     made = str(int(now))
     flag = "1" if is_open else "0"
-    sig = identity.sign(_signed(name, identity.node_id, str(port), addrs, made, flag))
-    return {"v": "1", "n": name, "id": identity.node_id, "p": str(port), "a": addrs,
-            "t": made, "o": flag, "s": base64.b64encode(sig).decode()}
+    sig = identity.sign(_signed(name, identity.node_id, str(port), addrs, made, flag, protos))
+    props = {"v": "1", "n": name, "id": identity.node_id, "p": str(port), "a": addrs,
+             "t": made, "o": flag, "s": base64.b64encode(sig).decode()}
+    if protos != "tcp":
+        props["u"] = protos
+    return props
 
 
 def verify_properties(props: Mapping[Any, Any]) -> Advert | None:
@@ -78,17 +89,19 @@ def verify_properties(props: Mapping[Any, Any]) -> Advert | None:
             return None
         name, node, port, addrs, made, flag = (get.get(k, "") for k in
                                                ("n", "id", "p", "a", "t", "o"))
+        protos = get.get("u", "tcp")
         sig = base64.b64decode(get.get("s", ""), validate=True)
         decode_node_id(node)
         if not (0 < len(name) <= MAX_NAME and is_number(port) and is_number(made)
-                and flag in ("0", "1") and 0 < int(port) < 65536):
+                and flag in ("0", "1") and 0 < int(port) < 65536
+                and protos in ("tcp", "udp", "tcp+udp")):
             return None
         addresses = tuple(a for a in addrs.split(",") if a)
         for a in addresses:
             ipaddress.ip_address(a)
-        if not verify(node, _signed(name, node, port, addrs, made, flag), sig):
+        if not verify(node, _signed(name, node, port, addrs, made, flag, protos), sig):
             return None
-        return Advert(name, node, int(port), addresses, float(made), flag == "1")
+        return Advert(name, node, int(port), addresses, float(made), flag == "1", protos)
     except (ValueError, UnicodeDecodeError, binascii.Error, AttributeError, TypeError):
         return None
 

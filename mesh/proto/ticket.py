@@ -20,6 +20,8 @@ Binary form (all integers big-endian)::
                 3 = LAN hint "host:port" (UTF-8, <= 64 bytes, repeatable, <= 8)
                 4 = mode "http": the share speaks HTTP (a connect then applies its
                     Host guard by itself); other values are ignored
+                5 = protocols "udp" or "tcp+udp" (absent: TCP only); other values
+                    are ignored
               unknown types are skipped (forward compatible)
     signature 64   Ed25519 over everything before it
 
@@ -48,7 +50,7 @@ MAX_HINT = 64
 MAX_REPEAT = 8
 SECRET_BYTES = 16  # 128 bits
 
-_T_NAME, _T_URL, _T_HINT, _T_MODE = 1, 2, 3, 4
+_T_NAME, _T_URL, _T_HINT, _T_MODE, _T_PROTO = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,15 @@ class Ticket:
     """``host:port`` of the sharer's LAN signaling endpoint(s), tried first."""
     http: bool = False
     """The share is in HTTP mode: a connect guards its listener's Host by itself."""
+    tcp: bool = True
+    """The share carries TCP connections."""
+    udp: bool = False
+    """The share carries UDP datagrams (``mesh share --udp``)."""
+
+    @property
+    def protos(self) -> str:
+        """``tcp``, ``udp`` or ``tcp+udp``."""
+        return "+".join(p for p, on in (("tcp", self.tcp), ("udp", self.udp)) if on)
 
     def encode(self, identity: Identity) -> str:
         """Sign with ``identity`` (which must be the sharer) and return the text form."""
@@ -130,6 +141,8 @@ def _pack(t: Ticket) -> bytes:
     fields += [(_T_HINT, h, MAX_HINT) for h in t.lan_hints]
     if t.http:
         fields.append((_T_MODE, "http", 16))
+    if t.udp:
+        fields.append((_T_PROTO, t.protos, 16))
     for ftype, value, limit in fields:
         enc = value.encode("utf-8")
         if len(enc) > limit:
@@ -160,6 +173,7 @@ def _unpack(raw: bytes) -> Ticket:
     urls: list[str] = []
     hints: list[str] = []
     http = False
+    protos = "tcp"
     while pos < len(body):
         if pos + 3 > len(body):
             raise TicketError("ticket field is truncated")
@@ -181,9 +195,12 @@ def _unpack(raw: bytes) -> Ticket:
             hints.append(value)
         elif ftype == _T_MODE:
             http = http or value == "http"
+        elif ftype == _T_PROTO and value in ("udp", "tcp+udp"):
+            protos = value
         elif ftype in (_T_NAME, _T_URL, _T_HINT):
             raise TicketError("ticket field is out of bounds")
-    return Ticket(node_id, bytes(secret), expires, name, tuple(urls), tuple(hints), http)
+    return Ticket(node_id, bytes(secret), expires, name, tuple(urls), tuple(hints), http,
+                  tcp="tcp" in protos, udp="udp" in protos)
 
 
 def share_tag(name: str) -> str:

@@ -143,6 +143,31 @@ def test_stream_control_and_credit() -> None:
     run(cases())
 
 
+def test_udp_frames() -> None:
+    from mesh.proto import datagram as dg
+
+    seeds = [dg.encode_data(1, b"\x12\x34\x01\x00" + b"x" * 40), dg.encode_close(7, dg.REFUSED),
+             dg.encode_data(0xFFFFFFFF, b"")]
+
+    def cases() -> object:
+        table: dg.FlowTable[int, None] = dg.FlowTable(idle=60, max_flows=64)
+        for i, mutant in enumerate(byte_cases(seeds, scaled(8_000), 11)):
+            with contextlib.suppress(dg.DatagramError):
+                frame = dg.decode(mutant)
+                assert frame.flow != 0
+                again = (dg.encode_data(frame.flow, frame.payload)
+                         if isinstance(frame, dg.Data) else
+                         dg.encode_close(frame.flow, frame.reason))
+                assert again == mutant  # nothing accepted but exact frames
+                if table.by_flow(frame.flow) is None:
+                    table.open(frame.flow, None, float(i), frame.flow)
+                table.expire(float(i))
+                assert len(table) <= 64
+            yield
+
+    run(cases())
+
+
 def test_control_machines_take_anything_in_every_state() -> None:
     """Admission and liveness messages, as a peer may send them at any point."""
     sharer = admission.SharerAdmission(admission.Keys(b"k" * 16), T, 0.0)
