@@ -56,12 +56,14 @@ def ls_cmd(timeout: float, as_json: bool) -> None:
         for ad in adverts:
             row = {"event": "share", "name": ad.name, "node_id": ad.node_id,
                    "address": ", ".join(f"{a}:{ad.port}" for a in ad.addresses),
-                   "age_s": round(max(0.0, now - ad.made), 1), "open": ad.open}
+                   "age_s": round(max(0.0, now - ad.made), 1), "open": ad.open,
+                   "proto": ad.protos}
             if as_json:
                 click.echo(json.dumps(row))
             else:
                 click.echo(f"{ad.name:24} {ad.node_id[:12]}  {row['address']:22} "
-                           f"up {row['age_s']:.0f}s{'  open' if ad.open else ''}")
+                           f"up {row['age_s']:.0f}s{'  open' if ad.open else ''}"
+                           f"{'' if ad.protos == 'tcp' else '  ' + ad.protos}")
         if not adverts and not as_json:
             click.echo("no shares visible on this network")
 
