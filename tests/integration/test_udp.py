@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,19 @@ def test_a_udp_ticket_on_a_tcp_only_path_is_a_clear_error(mesh: Mesh) -> None:
     assert res.returncode == 2, res
     (line,) = res.stderr.strip().splitlines()
     assert "carries UDP only; --http needs a TCP share" in line
+
+
+def test_the_udp_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/run.py --udp end to end on small counts (its figures are the closing
+    note's; this keeps it from rotting)."""
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, str(root / "benchmarks/run.py"), "--udp", "--count",
+                          "3000", "--pings", "100", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    paths = json.loads((tmp_path / "udp.json").read_text())["paths"]
+    for name in ("direct", "mesh", "mesh-relay"):
+        assert paths[name]["blast_delivered_per_s"] > 0, paths[name]
+        assert paths[name]["rtt_answered"] == "100/100", paths[name]
+    assert paths["mesh"]["rtt_added_p50_ms"] > 0
+    assert "| mesh-relay |" in (tmp_path / "udp.md").read_text()
