@@ -17,6 +17,7 @@ import pytest
 
 from tests import udpservices as u
 from tests.conftest import Mesh, Proc, free_port
+from tests.harness import InProc
 
 PATHS = [pytest.param((), "direct", id="direct"),
          pytest.param(("--relay-only",), "relay", id="relay")]
@@ -208,3 +209,41 @@ def test_the_udp_benchmark_runs(tmp_path: Path) -> None:
         assert paths[name]["rtt_answered"] == "100/100", paths[name]
     assert paths["mesh"]["rtt_added_p50_ms"] > 0
     assert "| mesh-relay |" in (tmp_path / "udp.md").read_text()
+
+
+def test_the_python_api_shares_udp(inproc: InProc) -> None:
+    """``mesh.share(port, udp=True)`` and ``mesh.connect``: the tunnel's UDP port echoes."""
+    import asyncio
+
+    import mesh as api
+    from mesh.proto.identity import Identity
+    from tests.harness import LOOPBACK
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+
+    def serve_once() -> None:
+        data, addr = echo.recvfrom(100)
+        echo.sendto(data[::-1], addr)
+
+    def ask(port: int) -> bytes:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(10)
+            s.sendto(b"datagram", ("127.0.0.1", port))
+            return s.recv(100)
+
+    async def go() -> tuple[str, str, bytes]:
+        async with api.share(echo.getsockname()[1], udp=True, signal=inproc.url, lan=False,
+                             identity=Identity.generate(), persist_secret=False,
+                             ice=LOOPBACK) as share, api.connect(
+                share.ticket, identity=Identity.generate(), use_lan_hints=False,
+                ice=LOOPBACK) as tunnel:
+            server = asyncio.get_running_loop().run_in_executor(None, serve_once)
+            answer = await asyncio.to_thread(ask, tunnel.port)
+            await server
+            return share.config.protos, tunnel.ticket.protos, answer
+
+    try:
+        assert inproc.run(go()) == ("udp", "udp", b"margatad")
+    finally:
+        echo.close()
