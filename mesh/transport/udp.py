@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
@@ -247,9 +248,17 @@ class SharerUdp(_Flows):
         super().__init__(idle, max_flows, warn)
         self.host, self.port = host, port
         self._service: tuple[int, Any] | None = None
-        """(family, address) of the service, resolved once."""
+        """(family, address) of the service, resolved once, before the first datagram
+        when it can be (an address literal at once; a name as the channel opens)."""
         self._resolving: list[dg.Data] = []
         self._task: asyncio.Task[None] | None = None
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            self._resolve(None)
+        else:
+            family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+            self._service = (family, (host, port))
 
     def close(self) -> None:
         self.stop()
@@ -279,9 +288,11 @@ class SharerUdp(_Flows):
         else:
             self.counters.drop(False, "service socket full")
 
-    def _resolve(self, frame: dg.Data) -> None:
+    def _resolve(self, frame: dg.Data | None) -> None:
         """The service's address, looked up once (datagrams meanwhile wait, a few)."""
-        if len(self._resolving) < BATCH:
+        if frame is None:
+            pass
+        elif len(self._resolving) < BATCH:
             self._resolving.append(frame)
         else:
             self.counters.drop(False, "resolving the service")

@@ -247,3 +247,61 @@ def test_the_python_api_shares_udp(inproc: InProc) -> None:
         assert inproc.run(go()) == ("udp", "udp", b"margatad")
     finally:
         echo.close()
+
+
+def test_a_hostile_peer_cannot_open_unbounded_flows_or_crash_the_sharer(
+        inproc: InProc) -> None:
+    """An admitted peer that speaks the udp channel by hand: 2,000 flow numbers, text,
+    short and unknown frames. The sharer holds --max-flows sockets, answers the refused
+    with CLOSE, counts the malformed, and still serves a well-formed flow."""
+    import asyncio
+
+    from mesh.proto import datagram as dg
+    from mesh.transport import udp as udp_glue
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.setblocking(False)
+    share = inproc.share(echo.getsockname()[1], udp=True, max_flows=8)
+    conn = inproc.connect(share.obj.ticket)
+
+    async def attack() -> list[bytes | str]:
+        link = conn.obj._link
+        assert link is not None
+        channel = udp_glue.open_channel(link.peer)
+        got: list[bytes | str] = []
+        channel.on("message", got.append)
+        for flow in range(1, 2001):
+            channel.send(dg.encode_data(flow, b"x"))
+            if flow % 200 == 0:
+                await asyncio.sleep(0.01)
+        for bad in ("text", b"\0\0", b"\x07\0\0\0\1", dg.encode_data(0, b"zero")):
+            channel.send(bad)
+        await asyncio.sleep(1.0)
+        return got
+
+    try:
+        replies = inproc.run(attack())
+        refused = [dg.decode(m) for m in replies]
+        assert len(refused) >= 1000 and all(isinstance(r, dg.Close) and r.reason == dg.REFUSED
+                                             for r in refused)
+        (peer,) = share.obj.snapshot()["peers"]
+        udp = peer["udp"]
+        assert udp["flows_open"] == 8 and udp["flows_refused"] >= 1900, udp
+        assert udp["drop_reasons"]["malformed"] == 4, udp
+        seen = set()
+        while True:
+            try:
+                seen.add(echo.recvfrom(100)[1])
+            except BlockingIOError:
+                break
+        assert len(seen) == 8  # a socket per admitted flow, no more
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:  # still serving
+            c.settimeout(5)
+            c.sendto(b"ok?", ("127.0.0.1", conn.obj.port))
+            echo.setblocking(True)
+            echo.settimeout(5)
+            data, _ = echo.recvfrom(100)
+            assert data == b"ok?"
+    finally:
+        echo.close()
