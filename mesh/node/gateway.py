@@ -376,6 +376,8 @@ class Gateway:
             return Refusal(502, f"mesh gateway: the share {name!r} sent a bad ticket")
         if tk.node_id != owner:
             return Refusal(502, f"mesh gateway: the share {name!r} sent another key's ticket")
+        if not tk.tcp:
+            return Refusal(502, f"mesh gateway: the share {name!r} carries UDP only")
         tunnel = Tunnel(ConnectConfig(
             ticket=tk, listen=False, signal_urls=cfg.signal_urls, control_socket=False,
             wait_for_path=cfg.resolve_timeout, use_lan_hints=False, ice=cfg.ice,
