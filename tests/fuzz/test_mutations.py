@@ -128,7 +128,8 @@ def test_signaling_frames(side: str) -> None:
 
 def test_stream_control_and_credit() -> None:
     seeds = [{"t": "ok"}, {"t": "credit", "n": 65536}, {"t": "fin"},
-             {"t": "error", "reason": "x"}]
+             {"t": "error", "reason": "x"}, {"t": "credit", "n": 5, "a": 70000}, {"t": "end"},
+             {"t": "resume", "rx": 10, "g": 262144, "fin": False, "ok": True}]
 
     def cases() -> object:
         for i, text in enumerate(json_cases(seeds, scaled(12_000), 6)):
@@ -137,6 +138,8 @@ def test_stream_control_and_credit() -> None:
                 msg = streamproto.parse(text)
                 if isinstance(msg, streamproto.Credit):
                     flow.granted(msg.n)
+                if isinstance(msg, streamproto.Resume):
+                    flow.resumed(msg)
                 flow.received(i % 300_000)
             yield
 
