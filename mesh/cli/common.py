@@ -137,6 +137,13 @@ def idle_option(f: F) -> F:
                         help="Close a connection idle this many seconds (0: never).")(f)
 
 
+def resume_option(f: F) -> F:
+    return click.option("--resume-timeout", default=60.0, show_default=True,
+                        type=click.FloatRange(0), metavar="S",
+                        help="Seconds an open connection waits for a lost peer connection "
+                             "to be rebuilt, and carries on after (0: it ends with it).")(f)
+
+
 def udp_options(*, max_flows: int, per: str) -> Callable[[F], F]:
     """``--udp-idle`` and ``--max-flows`` (a UDP share's flows)."""
     def apply(f: F) -> F:

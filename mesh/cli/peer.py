@@ -18,6 +18,7 @@ from .common import (
     json_option,
     max_streams_option,
     raise_fd_limit,
+    resume_option,
     run_until_stopped,
     signal_option,
     udp_options,
@@ -64,13 +65,15 @@ from .common import (
                                            "one port).")
 @click.option("--tcp", is_flag=True, help="Share TCP (the default; with --udp: both).")
 @udp_options(max_flows=256, per="per peer")
+@resume_option
 @json_option
 def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple[str, ...],
               ttl: int, max_peers: int, max_streams: int, idle_timeout: float,
               new_ticket: bool, no_lan: bool, lan_open: bool, http_mode: bool,
               inspect_addr: str | None, no_inspect: bool, basic_auth: str | None,
               host_header: str | None, public: bool, public_auth: str | None,
-              udp: bool, tcp: bool, udp_idle: float, max_flows: int, as_json: bool) -> None:
+              udp: bool, tcp: bool, udp_idle: float, max_flows: int, resume_timeout: float,
+              as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
     from mesh.node.config import ShareConfig
     from mesh.proto.names import check_basic_auth, parse_hostport
@@ -86,7 +89,8 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
             lan=not no_lan and environ.lan_enabled(), lan_open=lan_open, http=http,
             public=public, public_auth=(check_basic_auth(public_auth, "--public-auth")
                                         if public_auth is not None else None),
-            udp=udp, tcp=tcp or not udp, udp_idle=udp_idle, max_flows=max_flows)
+            udp=udp, tcp=tcp or not udp, udp_idle=udp_idle, max_flows=max_flows,
+            resume_timeout=resume_timeout)
 
     out = Output(as_json)
     config = configured(as_json, build)
@@ -175,11 +179,12 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
               help="Connect only through the TURN relay: the sharer never sees this "
                    "machine's addresses.")
 @udp_options(max_flows=1024, per="at once")
+@resume_option
 @json_option
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
                 http_mode: bool, no_http_guard: bool, relay_only: bool, udp_idle: float,
-                max_flows: int, as_json: bool) -> None:
+                max_flows: int, resume_timeout: float, as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from mesh.node.config import ConnectConfig
     from mesh.proto import ticket as ticket_mod
@@ -187,7 +192,8 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
     options: dict[str, Any] = dict(
         port=port, host=bind_host, max_streams=max_streams, idle_timeout=idle_timeout,
         upgrade_interval=retry_direct, http=http_mode, no_http_guard=no_http_guard,
-        relay_only=relay_only, udp_idle=udp_idle, max_flows=max_flows)
+        relay_only=relay_only, udp_idle=udp_idle, max_flows=max_flows,
+        resume_timeout=resume_timeout)
 
     def build() -> tuple[str, ...]:
         urls = environ.signal_urls(signal_urls) if signal_urls else ()

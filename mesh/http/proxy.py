@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import h11
 
-from mesh.transport.stream import Duplex, Tapped, splice
+from mesh.transport.duplex import Duplex, Tapped, splice
 
 from .capture import Exchange, Store
 from .config import HttpConfig

@@ -84,6 +84,9 @@ class ShareConfig:
     """Seconds a UDP flow lives without a datagram either way."""
     max_flows: int = 256
     """UDP flows (client addresses, each its own socket toward the service) per peer."""
+    resume_timeout: float = 60.0
+    """Seconds a tunnelled connection waits for its peer to come back after the peer
+    connection is lost (0: connections end with the peer connection)."""
     ice: IceSettings = field(default_factory=ice_from_env)
     """Which local addresses ICE uses, and path MTU discovery."""
 
@@ -119,7 +122,7 @@ class ShareConfig:
             if getattr(self, what) < 1:
                 raise ConfigError(f"--{what.replace('_', '-')} must be at least 1")
         _positive(self, "handshake_timeout", "dial_timeout", "udp_idle")
-        _positive(self, "idle_timeout", zero_ok=True)
+        _positive(self, "idle_timeout", "resume_timeout", zero_ok=True)
         if self.max_flows < 1:
             raise ConfigError("--max-flows must be at least 1")
         if self.public_auth is not None and not self.public:
@@ -188,6 +191,9 @@ class ConnectConfig:
     """Seconds a UDP flow (one local client address) lives without a datagram."""
     max_flows: int = 1024
     """UDP flows (local client addresses) at once; datagrams of more are dropped."""
+    resume_timeout: float = 60.0
+    """Seconds a tunnelled connection waits for a new peer connection to resume on after
+    the path is lost (0: connections end with the peer connection)."""
     ice: IceSettings = field(default_factory=ice_from_env)
     """Which local addresses ICE uses, and path MTU discovery."""
 
@@ -207,7 +213,7 @@ class ConnectConfig:
             raise ConfigError("--http and --no-http-guard contradict each other")
         _positive(self, "answer_timeout", "connect_timeout", "admission_timeout",
                   "wait_for_path", "upgrade_interval", "udp_idle")
-        _positive(self, "relay_after", "idle_timeout", zero_ok=True)
+        _positive(self, "relay_after", "idle_timeout", "resume_timeout", zero_ok=True)
 
     @property
     def guard_http(self) -> bool:

@@ -39,8 +39,9 @@ from mesh.proto import control, link
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket
 from mesh.transport import udp
+from mesh.transport.duplex import TcpDuplex, splice
 from mesh.transport.ice import IcePlan, ice_plan, udp_reachable
-from mesh.transport.stream import Counters, Stream, TcpDuplex, splice
+from mesh.transport.stream import Counters, Stream
 
 from . import events
 from .config import ConnectConfig
@@ -48,6 +49,7 @@ from .dialer import Dialer, Link
 from .home import load_or_create
 from .signal_client import SignalClient
 from .status import ControlServer
+from .streams import Streams
 
 log = logging.getLogger("mesh.connect")
 
@@ -102,6 +104,10 @@ class Tunnel:
         self._control = ControlServer(self.snapshot) if config.control_socket else None
         self.udp: udp.ConnectorUdp | None = None
         """The UDP listener, when the share carries UDP."""
+        self.streams = Streams(config.resume_timeout, self.counters,
+                               lambda n, gap: self.emit(events.Resumed(
+                                   self.ticket.node_id, n, gap)))
+        """The tunnelled streams, and how they move between peer connections."""
 
     # -- public ---------------------------------------------------------------------
     @property
@@ -217,12 +223,7 @@ class Tunnel:
         current = self._link
         if current is None:
             raise ConnectionRefusedError("no path to the share")
-        current.streams += 1
-
-        def done() -> None:
-            current.streams -= 1
-
-        return Stream(current.peer.open_channel("tcp"), self.counters, on_end=done)
+        return self.streams.open(current)
 
     async def close(self) -> None:
         self._closed = True
@@ -234,6 +235,7 @@ class Tunnel:
             await self._control.close()
         if self._server is not None:
             self._server.close()
+        self.streams.abort_all("the connect stopped")  # the sharer need not wait for them
         if self.udp is not None:
             self.udp.close()
         for task in list(self._tasks):
@@ -285,7 +287,8 @@ class Tunnel:
                 case link.Lost(reason):
                     self._link = None
                     self._up.clear()
-                    self.emit(events.Disconnected(self.ticket.node_id, reason))
+                    self.emit(events.Disconnected(self.ticket.node_id, reason,
+                                                  waiting=len(self.streams)))
                 case link.Warn(message):
                     self.emit(events.Warning(message))
         if self._timer is not None:
@@ -340,6 +343,7 @@ class Tunnel:
             started, self._began = min(started, self._began), None
         self._link = established
         self._up.set()
+        self.streams.move(established)
         if self.udp is not None:
             self.udp.attach(udp.open_channel(established.peer))
         info = established.info
@@ -364,8 +368,9 @@ class Tunnel:
         self._spawn(self._close_link(old))
 
     async def _close_link(self, old: Link) -> None:
-        """Close a connection once nothing uses it (streams opened on it before an
-        upgrade finish there; at most an hour)."""
+        """Close a connection once nothing uses it: at once when streams resume (they
+        moved with ``_move_streams``); else streams opened on it before an upgrade finish
+        there (at most an hour)."""
         deadline = time.monotonic() + 3600
         while old.streams > 0 and old.peer.state == "connected" and (
                 time.monotonic() < deadline and not self._closed):
@@ -411,6 +416,7 @@ class Tunnel:
             "rtt_ms": current.rtt_ms if current else None,
             "streams_open": self.counters.streams_open,
             "streams_total": self.counters.streams_total,
+            **self.streams.snapshot(),
             "bytes_in": self.counters.bytes_in, "bytes_out": self.counters.bytes_out,
             "proto": self.ticket.protos,
             "udp": self.udp.snapshot() if self.udp is not None else None,

@@ -116,9 +116,28 @@ class Disconnected(Event):
     event: ClassVar[str] = "disconnected"
     peer: str
     reason: str
+    waiting: int = 0
+    """Tunnelled connections waiting for the peer to come back (``--resume-timeout``)."""
 
     def human(self) -> str:
-        return f"peer {self.peer[:8]} disconnected: {self.reason}"
+        waiting = (f"; {self.waiting} connection{'s' * (self.waiting != 1)} waiting for it"
+                   if self.waiting else "")
+        return f"peer {self.peer[:8]} disconnected: {self.reason}{waiting}"
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    """Tunnelled connections carried on over a new peer connection."""
+
+    event: ClassVar[str] = "resumed"
+    peer: str
+    streams: int
+    gap_ms: float
+    """The longest time one of them waited (loss, or the move to a better path, to resume)."""
+
+    def human(self) -> str:
+        return (f"resumed {self.streams} connection{'s' * (self.streams != 1)} with peer "
+                f"{self.peer[:8]} after {self.gap_ms:.0f} ms")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.limits import ConnectionCounter, TokenBucket
 from mesh.proto.names import check_basic_auth, valid_name
-from mesh.transport.stream import TcpDuplex
+from mesh.transport.duplex import TcpDuplex
 
 from . import events
 from .config import ConnectConfig, GatewayConfig

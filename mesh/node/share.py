@@ -36,9 +36,10 @@ from mesh.proto.advert import open_secret
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket, new_secret, share_tag
+from mesh.transport.duplex import TcpDuplex
 from mesh.transport.ice import ice_plan, udp_reachable
 from mesh.transport.peer import Peer
-from mesh.transport.stream import TcpDuplex
+from mesh.transport.stream import Stream
 
 from . import events
 from .config import ShareConfig
@@ -78,6 +79,9 @@ class Share:
         self.tag = share_tag(config.name)
         self.on_event = on_event
         self.peers: dict[str, SharePeer] = {}
+        self.streams: dict[tuple[str, str], Stream] = {}
+        """Resumable tunnelled streams by (peer node id, stream id): they outlive the peer
+        connection they started on, and another connection of that peer resumes them."""
         self.ticket = ""
         self.started = time.monotonic()
         self.publisher = Publisher(config.name, self.identity.node_id, config.public,
@@ -159,7 +163,7 @@ class Share:
         self._new_ticket()
         self.emit(events.Ready(self.ticket, self.identity.node_id, cfg.name, self.target,
                                self._signal.url, cfg.protos))
-        self._spawn(self._renew_tickets())
+        self.spawn(self._renew_tickets())
         if not cfg.signal_urls:
             self.emit(events.Warning(
                 f"LAN mode: no signaling server configured; anyone on this network can "
@@ -185,7 +189,7 @@ class Share:
             nonlocal registrations
             registrations += 1
             if claim and registrations > 1:  # after a reconnect: hold the name again
-                self._spawn(self.publisher.claim(client, first=False))
+                self.spawn(self.publisher.claim(client, first=False))
 
         client = SignalClient(self.identity, urls, on_payload,
                               lambda state, url: self.emit(events.Signal(state, url, lan)),
@@ -247,12 +251,16 @@ class Share:
             "signal": {"url": self._signal.url if self._signal else None,
                        "registered": bool(self._signal and self._signal.registered.is_set())},
             "peers": [p.snapshot() for p in self.peers.values()],
+            "streams_waiting": sum(1 for s in self.streams.values() if s.waiting),
+            "resume_held_bytes": sum(s.held_bytes for s in self.streams.values()),
             "http": None if self.store is None else {
                 "inspector": self.inspector.url if self.inspector else None,
                 "recorded": len(self.store.all())},
         }
 
     async def close(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.abort("the share stopped")  # peers need not wait for a resume
         if self.inspector is not None:
             await self.inspector.close()
         if self._control is not None:
@@ -276,7 +284,7 @@ class Share:
         await self.close()
 
     # -- signaling --------------------------------------------------------------------------
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -294,16 +302,16 @@ class Share:
             log.info("dropped envelope from %s: %s", sender[:8], exc)
             return
         if env.kind == "pubreq":
-            self._spawn(self.publisher.answer(via, env.sender, env.session, env.body,
+            self.spawn(self.publisher.answer(via, env.sender, env.session, env.body,
                                               self.ticket, self._reply))
             return
         if env.kind == "bye":
             peer = self.peers.get(env.session)
             if peer is not None and peer.node == env.sender:
-                self._spawn(peer.close())
+                self.spawn(peer.close())
             return
         if env.body.get("lan") and not self.lan_open:
-            self._spawn(self._reply(via, env.sender, "reject", env.session, {
+            self.spawn(self._reply(via, env.sender, "reject", env.session, {
                 "reason": f"share {self.config.name!r} is not open to the LAN by name; "
                           "ask the sharer for its ticket"}))
             return
@@ -313,7 +321,7 @@ class Share:
         if not isinstance(sdp, str) or len(sdp) > MAX_SDP:
             return
         mode = "direct" if env.body.get("mode") == "direct" else "any"
-        self._spawn(self._on_offer(via, env.sender, env.session, sdp, mode))
+        self.spawn(self._on_offer(via, env.sender, env.session, sdp, mode))
 
     def _refusal(self, node: str, session: str) -> str | None:
         """Why an offer is refused before any work is spent on it (None: take it)."""
@@ -329,7 +337,7 @@ class Share:
             oldest = min(pending, key=lambda p: p.started)
             self.emit(events.Rejected(oldest.node, "dropped: too many peers waiting for "
                                                    "admission"))
-            self._spawn(oldest.close())
+            self.spawn(oldest.close())
         return None
 
     async def _on_offer(self, via: SignalClient, node: str, session: str, sdp: str,

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 from mesh.http.proxy import HttpProxy
 from mesh.http.roles import ShareRole
 from mesh.proto import admission, control
+from mesh.proto import resume as rs
+from mesh.transport.duplex import describe, splice
 from mesh.transport.peer import Channel, PathInfo, Peer
 from mesh.transport.pump import ControlPump
-from mesh.transport.stream import Counters, Stream, describe, splice
+from mesh.transport.stream import Counters, Stream
 from mesh.transport.udp import SharerUdp
 
 from . import events
@@ -58,6 +60,8 @@ class SharePeer:
         self.udp: SharerUdp | None = None
         """This peer's UDP flows (a UDP share, once the peer opened its ``udp`` channel)."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._gaps: list[float] = []
+        """Resumes completed on this connection, not yet reported."""
 
     @property
     def admitted(self) -> bool:
@@ -94,7 +98,8 @@ class SharePeer:
     def _on_state(self, state: str) -> None:
         if state in ("failed", "closed") and not self.closed:
             if self.admitted:
-                self.share.emit(events.Disconnected(self.node, f"peer connection {state}"))
+                self.share.emit(events.Disconnected(self.node, f"peer connection {state}",
+                                                    self.waiting()))
             self._spawn(self.close())
 
     def _on_channel(self, channel: Channel) -> None:
@@ -110,7 +115,9 @@ class SharePeer:
             elif self.counters.streams_open >= self.share.config.max_streams:
                 Stream(channel, Counters()).abort("too many streams for this peer")
             else:
-                self._spawn(self._serve(Stream(channel, self.counters)))
+                self._open_stream(channel)
+        elif channel.label == rs.RESUME_LABEL and self.admitted:
+            self._resume_stream(channel)
         elif channel.label == "udp" and self.admitted and self.share.config.udp:
             self._serve_udp(channel)
         else:
@@ -127,7 +134,7 @@ class SharePeer:
                 self.share.emit(events.Rejected(self.node, str(error)))
                 self._spawn(self.close())
             case control.Dead(reason):
-                self.share.emit(events.Disconnected(self.node, reason))
+                self.share.emit(events.Disconnected(self.node, reason, self.waiting()))
                 self._spawn(self.close())
             case control.Closed():
                 self._spawn(self.close())
@@ -166,6 +173,50 @@ class SharePeer:
             return
         stream.accept()
         await splice(stream, service, idle_timeout=cfg.idle_timeout)
+
+    def _open_stream(self, channel: Channel) -> None:
+        """A new tunnelled connection; resumable when the connector named it."""
+        share = self.share
+        timeout = share.config.resume_timeout
+        sid = rs.parse_protocol(channel.protocol) if timeout > 0 else None
+        key = (self.node, sid or "")
+        if sid is not None and key in share.streams:
+            Stream(channel, Counters()).abort("that stream id is in use")
+            return
+
+        def forget() -> None:
+            if share.streams.get(key) is stream:
+                del share.streams[key]
+
+        stream = Stream(channel, self.counters, on_end=forget, sid=sid,
+                        resume_timeout=timeout, on_resumed=self._resumed)
+        if sid is not None:
+            share.streams[key] = stream
+        share.spawn(self._serve(stream))  # the share's: it outlives this connection
+
+    def _resume_stream(self, channel: Channel) -> None:
+        """The connector carries one of its streams on over this connection. Looked up
+        by this peer's admitted node id: another key's stream is not found."""
+        sid = rs.parse_protocol(channel.protocol)
+        stream = self.share.streams.get((self.node, sid)) if sid else None
+        if stream is None or not stream.resume(channel):
+            Stream(channel, Counters()).abort("no such stream to resume")
+            return
+        stream.rehome(self.counters)
+        stream.on_resumed = self._resumed
+
+    def _resumed(self, stream: Stream, gap: float) -> None:
+        if not self._gaps:
+            asyncio.get_running_loop().call_later(0.5, self._report_resumed)
+        self._gaps.append(gap)
+
+    def _report_resumed(self) -> None:
+        gaps, self._gaps = self._gaps, []
+        self.share.emit(events.Resumed(self.node, len(gaps), round(max(gaps) * 1000, 1)))
+
+    def waiting(self) -> int:
+        """This peer's streams that wait for it to come back."""
+        return sum(1 for node, _ in self.share.streams if node == self.node)
 
     def _serve_udp(self, channel: Channel) -> None:
         """The peer's ``udp`` channel: one per peer connection (a new one replaces it)."""

@@ -348,11 +348,12 @@ class Peer:
         self._path.set_window(window)
 
     # -- channels -------------------------------------------------------------------
-    def open_channel(self, label: str, *, ordered: bool = True,
+    def open_channel(self, label: str, *, protocol: str = "", ordered: bool = True,
                      max_retransmits: int | None = None,
                      max_packet_life_time: float | None = None) -> Channel:
         """A channel; unordered and partially reliable ones carry datagrams (UDP)."""
-        return self._path.open_channel(label, ordered=ordered, max_retransmits=max_retransmits,
+        return self._path.open_channel(label, protocol=protocol, ordered=ordered,
+                                       max_retransmits=max_retransmits,
                                        max_packet_life_time=max_packet_life_time)
 
     def on_channel(self, callback: Callable[[Channel], None]) -> None:

@@ -19,7 +19,7 @@ from mesh.http.config import HttpConfig
 from mesh.http.policy import ShareHttpPolicy, head_problem
 from mesh.http.proxy import HttpProxy
 from mesh.http.roles import ShareRole
-from mesh.transport.stream import TcpDuplex
+from mesh.transport.duplex import TcpDuplex
 from tests.fuzz.conftest import CASES, scaled
 
 NAMES = ["host", "content-length", "transfer-encoding", "connection", "upgrade", "te",
