@@ -56,6 +56,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests import sshd  # noqa: E402
 from tests.conftest import EchoServer, Mesh, free_port, wait_port  # noqa: E402
 
 
@@ -225,27 +226,15 @@ def floor_path() -> PathKind:
 
 
 def ssh_path(tmp: Path) -> PathKind:
-    sshd, ssh, keygen = (shutil.which(x) for x in ("sshd", "ssh", "ssh-keygen"))
-    if not (sshd and ssh and keygen):
+    if sshd.tools() is None:
         return PathKind("ssh -R", lambda t: Opened(0, []), skipped="OpenSSH is not installed")
     if os.geteuid() != 0:
         return PathKind("ssh -R", lambda t: Opened(0, []), skipped="sshd needs root here")
     d = tmp / "ssh"
-    d.mkdir()
-    for name in ("host", "client"):
-        subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)
-    shutil.copy(d / "client.pub", d / "authorized_keys")
     port = free_port()
-    (d / "sshd_config").write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {d / 'host'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {d / 'sshd.pid'}\nAllowTcpForwarding yes\nPermitRootLogin yes\n"
-        "MaxStartups 100\nMaxSessions 100\n")
-    os.makedirs("/run/sshd", exist_ok=True)
-    daemon = subprocess.Popen([sshd, "-D", "-e", "-f", str(d / "sshd_config")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sshd.config(d, "127.0.0.1", port, "MaxStartups 100\nMaxSessions 100\n")
+    daemon = subprocess.Popen(sshd.daemon(d), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     wait_port(port)
     clients: list[subprocess.Popen[bytes]] = []
 
@@ -253,10 +242,8 @@ def ssh_path(tmp: Path) -> PathKind:
         remote = free_port()
         t0 = time.perf_counter()
         client = subprocess.Popen(
-            [ssh, "-N", "-T", "-i", str(d / "client"), "-p", str(port), "-o",
-             "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
-             "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-R",
-             f"127.0.0.1:{remote}:127.0.0.1:{target}", "root@127.0.0.1"],
+            sshd.client(d, port, "127.0.0.1", "-N", "-T", "-o", "ExitOnForwardFailure=yes",
+                        "-R", f"127.0.0.1:{remote}:127.0.0.1:{target}"),
             stdin=subprocess.DEVNULL)
         clients.append(client)
 

@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from run import Source, download, exchange  # noqa: E402
 
+from tests import sshd  # noqa: E402
 from tests.conftest import MESH, Proc, stop_all  # noqa: E402
 from tests.natlab.lab import Lab, available  # noqa: E402
 
@@ -276,29 +277,14 @@ class Bench:
                          dict(os.environ), dict(os.environ), None)
 
     def ssh(self) -> Opened:
-        sshd, ssh, keygen = (shutil.which(x) for x in ("sshd", "ssh", "ssh-keygen"))
-        assert sshd and ssh and keygen
         d = self.tmp / "ssh"
-        d.mkdir(exist_ok=True)
-        for name in ("host", "client"):
-            if not (d / name).exists():
-                subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                               check=True)
-        shutil.copy(d / "client.pub", d / "authorized_keys")
-        (d / "sshd_config").write_text(
-            f"ListenAddress {B_IP}\nPort {SSHD_PORT}\nHostKey {d / 'host'}\n"
-            f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\n"
-            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"PidFile {d / 'sshd.pid'}\nAllowTcpForwarding yes\nPermitRootLogin yes\n")
-        os.makedirs("/run/sshd", exist_ok=True)
-        daemon = self.popen(self.b, [sshd, "-D", "-e", "-f", str(d / "sshd_config")])
+        sshd.config(d, B_IP, SSHD_PORT)
+        daemon = self.popen(self.b, sshd.daemon(d))
         time.sleep(0.5)
         remote = 9100
-        client = self.popen(self.a, [
-            ssh, "-N", "-T", "-i", str(d / "client"), "-p", str(SSHD_PORT), "-o",
-            "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
-            "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-R",
-            f"127.0.0.1:{remote}:127.0.0.1:{SOURCE_PORT}", f"root@{B_IP}"])
+        client = self.popen(self.a, sshd.client(
+            d, SSHD_PORT, B_IP, "-N", "-T", "-o", "ExitOnForwardFailure=yes", "-R",
+            f"127.0.0.1:{remote}:127.0.0.1:{SOURCE_PORT}"))
 
         def stop() -> None:
             for p in (client, daemon):
@@ -327,7 +313,7 @@ def skip_reason(name: str) -> str | None:
             return "Node.js is not installed"
         if not (NDC / "node_modules" / "node-datachannel").exists():
             return "node-datachannel is not installed (npm --prefix benchmarks/ndc install)"
-    if name == "ssh -R" and not all(shutil.which(x) for x in ("sshd", "ssh", "ssh-keygen")):
+    if name == "ssh -R" and sshd.tools() is None:
         return "OpenSSH is not installed"
     return None
 
