@@ -55,10 +55,13 @@ def daemon(d: Path) -> list[str]:
     return [found[0], "-D", "-e", "-f", str(d / "sshd_config")]
 
 
-def client(d: Path, port: int, host: str = "127.0.0.1", *args: str) -> list[str]:
-    """``ssh`` to root@host:port with the client key of ``d``, then ``args``."""
+def client(d: Path, port: int, host: str = "127.0.0.1", *options: str,
+           command: str | None = None) -> list[str]:
+    """``ssh`` with ``options`` to root@host:port with the client key of ``d``, running
+    ``command`` there if given."""
     found = tools()
     assert found is not None
     return [found[1], "-i", str(d / "client"), "-p", str(port), "-o",
             "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
-            "LogLevel=ERROR", "-o", "BatchMode=yes", *args, f"root@{host}"]
+            "LogLevel=ERROR", "-o", "BatchMode=yes", *options, f"root@{host}",
+            *([command] if command is not None else [])]

@@ -216,13 +216,12 @@ class Tunnel:
         if self.counters.streams_open >= self.config.max_streams:
             self._warn_once("too many local connections (--max-streams); refusing one")
             raise ConnectionRefusedError("too many tunnelled connections")
-        try:
-            await asyncio.wait_for(self._up.wait(), self.config.wait_for_path)
-        except TimeoutError:
-            raise ConnectionRefusedError("no path to the share") from None
-        current = self._link
-        if current is None:
-            raise ConnectionRefusedError("no path to the share")
+        deadline = self._now() + self.config.wait_for_path
+        while (current := self._link) is None:  # the path may go again before we wake
+            try:
+                await asyncio.wait_for(self._up.wait(), max(0.0, deadline - self._now()))
+            except TimeoutError:
+                raise ConnectionRefusedError("no path to the share") from None
         return self.streams.open(current)
 
     async def close(self) -> None:

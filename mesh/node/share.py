@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from mesh.errors import EnvelopeError, MeshError
@@ -60,6 +61,8 @@ PENDING = 32
 PENDING_PER_KEY = 2
 """Offers one key may have waiting for admission at once."""
 MAX_SDP = 32 * 1024
+ENDED_KEPT = 65536
+"""Ended resumable streams remembered (per share), so a late resume cannot reopen one."""
 
 
 class Share:
@@ -82,6 +85,8 @@ class Share:
         self.streams: dict[tuple[str, str], Stream] = {}
         """Resumable tunnelled streams by (peer node id, stream id): they outlive the peer
         connection they started on, and another connection of that peer resumes them."""
+        self._ended: OrderedDict[tuple[str, str], float] = OrderedDict()
+        """Streams that ended lately: one of them is never opened again by a resume."""
         self.ticket = ""
         self.started = time.monotonic()
         self.publisher = Publisher(config.name, self.identity.node_id, config.public,
@@ -134,6 +139,17 @@ class Share:
         if now - self._last_service_warning > 5:
             self._last_service_warning = now
             self.emit(events.Warning(message))
+
+    def ended_stream(self, key: tuple[str, str]) -> None:
+        self._ended[key] = time.monotonic()
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
+
+    def recently_ended(self, key: tuple[str, str]) -> bool:
+        """``key`` ended within the last ``--resume-timeout`` (a resume that says it is new
+        is then refused: the stream's service connection has had its bytes)."""
+        when = self._ended.get(key)
+        return when is not None and time.monotonic() - when < 2 * self.config.resume_timeout
 
     def forget(self, peer: SharePeer) -> None:
         if self.peers.get(peer.session) is peer:

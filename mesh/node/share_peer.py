@@ -17,10 +17,12 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from mesh.errors import ProtocolError
 from mesh.http.proxy import HttpProxy
 from mesh.http.roles import ShareRole
 from mesh.proto import admission, control
 from mesh.proto import resume as rs
+from mesh.proto import stream as sp
 from mesh.transport.duplex import describe, splice
 from mesh.transport.peer import Channel, PathInfo, Peer
 from mesh.transport.pump import ControlPump
@@ -174,8 +176,9 @@ class SharePeer:
         stream.accept()
         await splice(stream, service, idle_timeout=cfg.idle_timeout)
 
-    def _open_stream(self, channel: Channel) -> None:
-        """A new tunnelled connection; resumable when the connector named it."""
+    def _open_stream(self, channel: Channel, adopted: sp.Resume | None = None) -> None:
+        """A new tunnelled connection; resumable when the connector named it.
+        ``adopted``: the connector's ``resume`` of a stream whose open was lost."""
         share = self.share
         timeout = share.config.resume_timeout
         sid = rs.parse_protocol(channel.protocol) if timeout > 0 else None
@@ -187,23 +190,48 @@ class SharePeer:
         def forget() -> None:
             if share.streams.get(key) is stream:
                 del share.streams[key]
+                share.ended_stream(key)
 
-        stream = Stream(channel, self.counters, on_end=forget, sid=sid,
-                        resume_timeout=timeout, on_resumed=self._resumed)
+        stream = Stream(channel, self.counters, on_end=forget, sid=sid, resume_timeout=timeout,
+                        on_resumed=self._resumed, opened_here=False)
         if sid is not None:
             share.streams[key] = stream
+        if adopted is not None:
+            stream.adopt(adopted)
         share.spawn(self._serve(stream))  # the share's: it outlives this connection
 
     def _resume_stream(self, channel: Channel) -> None:
         """The connector carries one of its streams on over this connection. Looked up
-        by this peer's admitted node id: another key's stream is not found."""
+        by this peer's admitted node id: another key's stream is not found. A stream we
+        never saw open (its open was lost with the old connection) is opened now if the
+        connector's ``resume`` says it never heard from us and it did not end here."""
+        share = self.share
         sid = rs.parse_protocol(channel.protocol)
-        stream = self.share.streams.get((self.node, sid)) if sid else None
-        if stream is None or not stream.resume(channel):
+        key = (self.node, sid or "")
+        stream = share.streams.get(key) if sid else None
+        if stream is not None and stream.resume(channel):
+            stream.rehome(self.counters)
+            stream.on_resumed = self._resumed
+            return
+        if stream is not None or sid is None or share.config.resume_timeout <= 0 or (
+                share.recently_ended(key) or not share.config.tcp
+                or self.counters.streams_open >= share.config.max_streams):
             Stream(channel, Counters()).abort("no such stream to resume")
             return
-        stream.rehome(self.counters)
-        stream.on_resumed = self._resumed
+
+        def first(message: bytes | str) -> None:
+            channel.remove_listener("message", first)
+            try:
+                msg = sp.parse(message) if isinstance(message, str) else None
+            except ProtocolError:
+                msg = None
+            if (isinstance(msg, sp.Resume) and msg.new and key not in share.streams
+                    and not share.recently_ended(key)):
+                self._open_stream(channel, msg)
+            else:
+                Stream(channel, Counters()).abort("no such stream to resume")
+
+        channel.on("message", first)
 
     def _resumed(self, stream: Stream, gap: float) -> None:
         if not self._gaps:

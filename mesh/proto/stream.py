@@ -12,11 +12,12 @@ JSON objects with a ``t`` field::
     {"t": "error", "reason": S} the connection failed or was reset; abort it
     {"t": "end"}                resumable streams: the sender closed the stream on purpose
                                 (the channel closing after it is not a lost connection)
-    {"t": "resume", "rx": INT, "g": INT, "fin": BOOL, "ok": BOOL}
+    {"t": "resume", "rx": INT, "g": INT, "fin": BOOL, "ok": BOOL, "new": BOOL}
                                 first message on a stream's new channel after the peer
                                 connection changed (mesh/proto/resume.py): bytes received in
                                 all, credit granted in all (the initial window included),
-                                whether the peer's FIN arrived, whether ``ok`` was sent
+                                whether the peer's FIN arrived, whether ``ok`` was sent;
+                                ``new`` (optional): the connector never heard from the sharer
 
 Flow control is credit-based, like HTTP/2 windows: each side may have at most
 its window of unacknowledged bytes in flight, and grants more as it writes
@@ -87,6 +88,9 @@ class Resume:
     """The peer's FIN arrived."""
     ok: bool
     """This side sent ``ok`` (the sharer: the service took the connection)."""
+    new: bool = False
+    """The connector never heard from the sharer on this stream: its open may have been
+    lost with the connection, so a sharer that does not know the stream opens it now."""
 
 
 Control = Ok | Credit | Fin | Reset | End | Resume
@@ -101,8 +105,9 @@ def encode(msg: Control) -> str:
             return json.dumps({"t": "credit", "n": n})
         case Credit(n, ack):
             return json.dumps({"t": "credit", "n": n, "a": ack})
-        case Resume(rx, granted, fin, ok):
-            return json.dumps({"t": "resume", "rx": rx, "g": granted, "fin": fin, "ok": ok})
+        case Resume(rx, granted, fin, ok, new):
+            fields = {"t": "resume", "rx": rx, "g": granted, "fin": fin, "ok": ok}
+            return json.dumps({**fields, "new": True} if new else fields)
         case Fin():
             return '{"t":"fin"}'
         case End():
@@ -139,10 +144,12 @@ def parse(text: str) -> Control:
         return Credit(n, ack)
     if kind == "resume":
         rx, granted, fin, ok = (obj.get(k) for k in ("rx", "g", "fin", "ok"))
+        new = obj.get("new", False)
         if not (isinstance(rx, int) and isinstance(granted, int) and _offset(rx)
-                and _offset(granted) and isinstance(fin, bool) and isinstance(ok, bool)):
+                and _offset(granted) and isinstance(fin, bool) and isinstance(ok, bool)
+                and isinstance(new, bool)):
             raise ProtocolError("stream resume message is malformed")
-        return Resume(rx, granted, fin, ok)
+        return Resume(rx, granted, fin, ok, new)
     if kind == "error":
         reason = obj.get("reason", "")
         return Reset(reason if isinstance(reason, str) else "reset")
@@ -232,9 +239,9 @@ class Flow:
         self.granted_total += grant
         return grant
 
-    def resume_message(self, fin: bool, ok: bool) -> Resume:
+    def resume_message(self, fin: bool, ok: bool, new: bool = False) -> Resume:
         """What this side tells the peer on a stream's new channel."""
-        return Resume(self.received_total, self.granted_total, fin, ok)
+        return Resume(self.received_total, self.granted_total, fin, ok, new)
 
     def resumed(self, peer: Resume) -> None:
         """The peer's ``resume``: credit from what it says it granted in all (grants lost

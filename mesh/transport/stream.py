@@ -65,7 +65,8 @@ class Stream:
                  on_end: Callable[[], None] | None = None, *, sid: str | None = None,
                  resume_timeout: float = 0.0,
                  on_wait: Callable[[Stream], None] | None = None,
-                 on_resumed: Callable[[Stream, float], None] | None = None) -> None:
+                 on_resumed: Callable[[Stream, float], None] | None = None,
+                 opened_here: bool = True) -> None:
         self.channel: Channel | None = None
         self._on_end = on_end
         self.counters = counters
@@ -97,6 +98,8 @@ class Stream:
         self._fin_received = False
         self._fin_sent = False
         self._ok_sent = False
+        self._heard = not opened_here
+        """A message came from the peer (a stream it opened: its open did)."""
         self._peer_ended = False
         """The peer closed the stream on purpose (``end``): no resume is coming."""
         self._ended = False
@@ -142,7 +145,17 @@ class Stream:
     def _on_open(self) -> None:
         self._open.set()
         if self._syncing and self.channel is not None:
-            self._send(sp.encode(self.flow.resume_message(self._fin_received, self._ok_sent)))
+            self._send(sp.encode(self.flow.resume_message(self._fin_received, self._ok_sent,
+                                                          new=not self._heard)))
+
+    def adopt(self, peer: sp.Resume) -> None:
+        """A stream the sharer never saw open (its open was lost with the connection):
+        opened now by the connector's ``resume`` (``new``) on this stream's channel."""
+        self._live.clear()
+        self._syncing = True
+        self.waiting_since = time.monotonic()
+        self._on_open()  # our resume: nothing received yet
+        self._resumed(peer)
 
     def resume(self, channel: Channel) -> bool:
         """Carry on over ``channel`` (a ``tcp-resume`` channel): send ``resume``; the
@@ -203,6 +216,7 @@ class Stream:
 
     # -- events from the channel ------------------------------------------------
     def _on_message(self, message: bytes | str) -> None:
+        self._heard = True
         try:
             if isinstance(message, bytes):
                 self.flow.received(len(message))

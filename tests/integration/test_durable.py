@@ -1,0 +1,98 @@
+"""Durable streams in-process (the NAT-lab cuts are in tests/natlab/test_durable.py):
+a connection survives its peer connection being closed under it, and a resume that is
+not the stream owner's is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+
+from mesh.proto import resume as rs
+from mesh.proto import stream as sp
+from tests.conftest import EchoServer
+from tests.harness import InProc
+
+
+def test_a_connection_survives_its_peer_connection_being_closed(inproc: InProc,
+                                                                echo: EchoServer) -> None:
+    share = inproc.share(echo.port)
+    conn = inproc.connect(share.obj.ticket)
+    data = os.urandom(4_000_000)
+    got = bytearray()
+    with socket.create_connection(("127.0.0.1", conn.obj.port), timeout=30) as s:
+        s.sendall(b"hello")  # the stream is open at both ends before the cut
+        assert s.recv(5) == b"hello"
+
+        def reader() -> None:
+            while len(got) < len(data) and (chunk := s.recv(65536)):
+                got.extend(chunk)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        s.sendall(data[:1_000_000])
+        link = conn.obj._link
+        assert link is not None
+        inproc.run(link.peer.close())  # as the link machine does with a dead connection
+        s.sendall(data[1_000_000:])
+        thread.join(60)
+    assert bytes(got) == data
+    lost = conn.event("disconnected")
+    assert lost["waiting"] == 1
+    assert conn.event("resumed")["streams"] == 1
+    assert share.event("resumed")["streams"] == 1
+
+
+def test_a_resume_from_another_key_or_for_an_unknown_stream_is_refused(
+        inproc: InProc, echo: EchoServer) -> None:
+    share = inproc.share(echo.port)
+    owner = inproc.connect(share.obj.ticket)
+    thief = inproc.connect(share.obj.ticket)  # admitted too, with a key of its own
+    with socket.create_connection(("127.0.0.1", owner.obj.port), timeout=10) as s:
+        s.sendall(b"ping")
+        assert s.recv(4) == b"ping"
+        ((key, stream),) = share.obj.streams.items()
+        sid = key[1]
+        assert key[0] == owner.obj.identity.node_id
+
+        async def resume(tunnel: object, which: str) -> list[object]:
+            link = tunnel._link  # type: ignore[attr-defined]
+            channel = link.peer.open_channel(rs.RESUME_LABEL, protocol=rs.protocol(which))
+            replies: list[object] = []
+            channel.on("message", lambda m: replies.append(sp.parse(m)))
+            channel.send(sp.encode(sp.Resume(0, 262144, False, False)))
+            await asyncio.sleep(1.0)
+            return replies
+
+        forged = inproc.run(resume(thief.obj, sid))  # the owner's stream id, another key
+        assert forged == [sp.Reset("no such stream to resume")]
+        unknown = inproc.run(resume(owner.obj, "0123456789abcdef"))  # the owner, no such id
+        assert unknown == [sp.Reset("no such stream to resume")]
+        s.sendall(b"still mine")  # the real stream never noticed
+        assert s.recv(10) == b"still mine"
+        assert not stream.waiting and share.obj.streams[key] is stream
+
+
+def test_a_stream_whose_open_was_lost_is_opened_on_the_next_connection(
+        inproc: InProc, echo: EchoServer) -> None:
+    """The stream is opened and its peer connection closed in the same turn of the loop,
+    so its open never leaves: the resume on the next connection says ``new``, and the
+    sharer, which never saw the stream, opens it then. Bytes written meanwhile arrive."""
+    share = inproc.share(echo.port)
+    conn = inproc.connect(share.obj.ticket)
+
+    async def go() -> bytes:
+        link = conn.obj._link
+        stream = await conn.obj.open_stream()
+        await link.peer.close()
+        await stream.write(b"written while there was no path")
+        got = b""
+        while len(got) < 31:
+            got += await asyncio.wait_for(stream.read(100), 20)
+        stream.abort("done")
+        return got
+
+    assert inproc.run(go()) == b"written while there was no path"
+    assert conn.event("resumed")["streams"] == 1
+    assert echo.stats.connections == 1  # opened once, on the new connection
