@@ -394,7 +394,8 @@ class Gateway:
 
     def _tunnel_event(self, name: str) -> events.OnEvent:
         def forward(event: events.Event) -> None:
-            if isinstance(event, events.Connected | events.Disconnected | events.Warning):
+            if isinstance(event, events.Connected | events.Disconnected | events.Warning
+                          | events.Resumed):
                 self.emit(event)
         return forward
 

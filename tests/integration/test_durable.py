@@ -96,3 +96,96 @@ def test_a_stream_whose_open_was_lost_is_opened_on_the_next_connection(
     assert inproc.run(go()) == b"written while there was no path"
     assert conn.event("resumed")["streams"] == 1
     assert echo.stats.connections == 1  # opened once, on the new connection
+
+
+class SlowBody:
+    """An HTTP service whose answer takes its time: 40 chunks of 25 KB, 50 ms apart."""
+
+    SIZE = 40 * 25_000
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import time
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n" % self.SIZE)
+                for i in range(40):
+                    conn.sendall(bytes([65 + i % 26]) * 25_000)
+                    time.sleep(0.05)
+
+
+def slow_get(port: int, host: str) -> tuple[int, bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/slow", headers={"Host": host})
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+def expected_body() -> bytes:
+    return b"".join(bytes([65 + i % 26]) * 25_000 for i in range(40))
+
+
+def cut_soon(inproc: InProc, tunnel: object, after: float) -> threading.Thread:
+    """Close ``tunnel``'s current peer connection ``after`` seconds from now."""
+    def later() -> None:
+        import time
+
+        time.sleep(after)
+        link = tunnel._link  # type: ignore[attr-defined]
+        inproc.run(link.peer.close())
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    return thread
+
+
+def test_an_http_response_in_flight_survives(inproc: InProc) -> None:
+    from mesh.http.config import HttpConfig
+
+    service = SlowBody()
+    share = inproc.share(service.port, http=HttpConfig(inspect=None))
+    conn = inproc.connect(share.obj.ticket)  # the ticket's HTTP mode: the Host guard on
+    cutter = cut_soon(inproc, conn.obj, 0.8)
+    status, body = slow_get(conn.obj.port, f"127.0.0.1:{conn.obj.port}")
+    cutter.join()
+    assert status == 200 and body == expected_body()
+    assert conn.event("resumed")["streams"] >= 1
+
+
+def test_a_request_through_the_gateway_survives() -> None:
+    from mesh.http.config import HttpConfig
+    from mesh.proto.identity import Identity
+
+    gateway_key = Identity.generate()
+    lab = InProc(gateways=frozenset({gateway_key.node_id}))
+    try:
+        gateway = lab.gateway(gateway_key, domain="mesh.test")
+        port = int(gateway.event("ready")["url"].rsplit(":", 1)[1])
+        service = SlowBody()
+        share = lab.share(service.port, name="slow", public=True,
+                          http=HttpConfig(inspect=None))
+        share.event("public")
+        assert slow_get(port, "slow.mesh.test")[0] == 200  # the gateway's tunnel is up
+        (tunnel,) = gateway.obj._tunnels
+        cutter = cut_soon(lab, tunnel, 0.8)
+        status, body = slow_get(port, "slow.mesh.test")
+        cutter.join()
+        assert status == 200 and body == expected_body()
+        assert gateway.event("resumed")["streams"] == 1
+    finally:
+        lab.close()
