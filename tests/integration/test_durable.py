@@ -189,3 +189,21 @@ def test_a_request_through_the_gateway_survives() -> None:
         assert gateway.event("resumed")["streams"] == 1
     finally:
         lab.close()
+
+
+def test_with_resume_timeout_0_connections_end_with_their_peer_connection(
+        inproc: InProc, echo: EchoServer) -> None:
+    share = inproc.share(echo.port, resume_timeout=0)
+    conn = inproc.connect(share.obj.ticket, resume_timeout=0)
+    with socket.create_connection(("127.0.0.1", conn.obj.port), timeout=10) as s:
+        s.sendall(b"hello")
+        assert s.recv(5) == b"hello"
+        link = conn.obj._link
+        inproc.run(link.peer.close())
+        try:
+            ended = s.recv(5)
+        except ConnectionResetError:
+            ended = b""
+        assert ended == b""  # reset or EOF, at once: nothing waits
+    assert conn.event("disconnected")["waiting"] == 0
+    assert not share.obj.streams
