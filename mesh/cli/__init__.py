@@ -1,8 +1,8 @@
 """The ``mesh`` command line: builds configuration, calls the Python API, prints events.
 
 The output contract and exit codes are mesh/cli/common.py's; the commands live in
-serve (signal, gateway), peer (share, connect, release) and tools (netcheck, ls,
-status, id). Every check of a value lives in the configuration classes
+serve (signal, gateway), peer (share, connect, release), up (mesh.toml) and tools
+(netcheck, ls, status, id). Every check of a value lives in the configuration classes
 (mesh/node/config.py, mesh/http/config.py, signaling/): commands only map flags
 to fields.
 """
@@ -17,6 +17,7 @@ from .common import setup_logging
 from .peer import connect_cmd, release_cmd, share_cmd
 from .serve import gateway_cmd, signal_cmd
 from .tools import id_cmd, ls_cmd, netcheck_cmd, status_cmd
+from .up import up_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +30,7 @@ def main(verbose: int) -> None:
 
 
 for command in (signal_cmd, share_cmd, gateway_cmd, release_cmd, connect_cmd, netcheck_cmd,
-                ls_cmd, status_cmd, id_cmd):
+                ls_cmd, status_cmd, id_cmd, up_cmd):
     main.add_command(command)
 
 

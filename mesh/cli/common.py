@@ -39,7 +39,8 @@ class Output:
             sys.stdout.write(json.dumps(event.to_json(), default=str) + "\n")
             sys.stdout.flush()
         else:
-            stream = (sys.stdout if isinstance(event, events.Ready | events.NetcheckEvent)
+            inner = event.inner if isinstance(event, events.Tagged) else event
+            stream = (sys.stdout if isinstance(inner, events.Ready | events.NetcheckEvent)
                       else sys.stderr)
             stream.write(event.human() + "\n")
             stream.flush()

@@ -126,6 +126,54 @@ class Disconnected(Event):
 
 
 @dataclass(frozen=True)
+class Tagged(Event):
+    """An event of one entry of ``mesh up``: the entry's own, with ``tunnel`` added."""
+
+    inner: Event
+    tunnel: str
+
+    @property
+    def name(self) -> str:
+        return self.inner.event
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.inner.to_json(), "tunnel": self.tunnel}
+
+    def human(self) -> str:
+        return f"[{self.tunnel}] {self.inner.human()}"
+
+
+@dataclass(frozen=True)
+class UpReady(Event):
+    """``mesh up`` started every tunnel of its file."""
+
+    event: ClassVar[str] = "up"
+    file: str
+    tunnels: list[str]
+
+    def human(self) -> str:
+        return f"{self.file}: {len(self.tunnels)} tunnels up ({', '.join(self.tunnels)})"
+
+
+@dataclass(frozen=True)
+class Reloaded(Event):
+    """``mesh up`` read its file again (SIGHUP)."""
+
+    event: ClassVar[str] = "reloaded"
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    kept: list[str]
+    failed: list[str]
+
+    def human(self) -> str:
+        parts = [f"{k} {', '.join(v)}" for k, v in (
+            ("added", self.added), ("removed", self.removed), ("changed", self.changed),
+            ("kept", self.kept), ("failed", self.failed)) if v]
+        return "reloaded: " + ("; ".join(parts) or "nothing changed")
+
+
+@dataclass(frozen=True)
 class Resumed(Event):
     """Tunnelled connections carried on over a new peer connection."""
 

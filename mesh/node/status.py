@@ -120,6 +120,13 @@ def describe(procs: list[dict[str, Any]]) -> list[str]:
     lines = []
     for proc in procs:
         up = f"up {proc.get('uptime_s', 0):.0f}s"
+        if proc.get("kind") == "up":
+            lines.append(f"mesh up {proc.get('file')}  pid {proc.get('pid')}  {up}  "
+                         f"tunnels {len(proc.get('tunnels', []))}")
+            for tunnel in proc.get("tunnels", []):
+                lines += [f"  [{tunnel.get('tunnel')}] {line}"
+                          for line in describe([{**tunnel, "pid": proc.get("pid")}])]
+            continue
         if proc.get("kind") == "share":
             lines.append(f"share {proc.get('name')!r} -> {proc.get('target')}  "
                          f"pid {proc.get('pid')}  {up}  peers {len(proc.get('peers', []))}")
