@@ -1,4 +1,5 @@
-"""``mesh signal`` and ``mesh gateway``: the server side of a deployment."""
+"""``mesh signal``, ``mesh gateway`` and ``mesh serve`` (both in one process): the server
+side of a deployment."""
 
 from __future__ import annotations
 
@@ -167,3 +168,81 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
     run_until_stopped(out, run)
 
 
+
+
+# -- mesh serve ------------------------------------------------------------------------------
+@click.command("serve")
+@click.option("--domain", required=True, help="Serve shares as NAME.DOMAIN.")
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="Address signaling and STUN/TURN listen on.")
+@click.option("--port", default=8765, show_default=True, type=int,
+              help="Signaling (WebSocket) port; 0 picks a free one.")
+@click.option("--stun-port", default=3478, show_default=True, type=int,
+              help="UDP/TCP port of STUN/TURN; 0 picks a free one.")
+@click.option("--no-turn", is_flag=True, help="Do not run the embedded STUN/TURN server.")
+@click.option("--public-ip", default=None,
+              help="Address sharers reach this machine at (STUN/TURN, and the URL shown).")
+@click.option("--relay-allow", multiple=True, metavar="CIDR",
+              help="Let the relay reach this normally refused range (repeatable).")
+@click.option("--listen", "listen", default="0.0.0.0:8080", show_default=True, metavar="ADDR",
+              help="HOST:PORT the gateway serves HTTP(S) on (port 0 picks a free one).")
+@click.option("--tls-cert", default=None, metavar="FILE", help="PEM certificate (chain).")
+@click.option("--tls-key", default=None, metavar="FILE", help="PEM private key.")
+@click.option("--public-url", default=None, metavar="URL",
+              help="Base URL shares print, when the gateway sits behind something else.")
+@json_option
+def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
+              public_ip: str | None, relay_allow: tuple[str, ...], listen: str,
+              tls_cert: str | None, tls_key: str | None, public_url: str | None,
+              as_json: bool) -> None:
+    """Self-host in one command: signaling, STUN/TURN and the gateway in one process, the
+    gateway's key pinned. `mesh signal` and `mesh gateway` remain for split deployments."""
+    from mesh.node.config import GatewayConfig
+    from mesh.node.home import load_or_create
+    from mesh.proto.names import parse_hostport
+    from signaling.rendezvous import RendezvousConfig
+    from signaling.server import ServerConfig
+
+    identity = configured(as_json, load_or_create)
+
+    def build() -> tuple[RendezvousConfig, GatewayConfig]:
+        gw_host, gw_port = parse_hostport(listen, "--listen", default_host="0.0.0.0")
+        rendezvous = RendezvousConfig(
+            signal=ServerConfig(host=host, port=port, gateways=frozenset({identity.node_id})),
+            stun_port=None if no_turn else stun_port, public_ip=public_ip,
+            relay_allow=relay_allow)
+        # the signaling URL is known once it listens: checked now with a stand-in
+        gateway = GatewayConfig(domain=domain, signal_urls=("ws://127.0.0.1:1/",),
+                                host=gw_host, port=gw_port, tls_cert=tls_cert,
+                                tls_key=tls_key, public_url=public_url)
+        return rendezvous, gateway
+
+    out = Output(as_json)
+    rendezvous, gateway = configured(as_json, build)
+
+    async def run() -> None:
+        from dataclasses import replace
+
+        from mesh.node.gateway import Gateway
+        from signaling.rendezvous import Rendezvous
+
+        raise_fd_limit()
+        server = Rendezvous(rendezvous)
+        try:
+            local = await server.start()
+        except ConnectionError as exc:
+            raise ConfigError(str(exc)) from exc
+        assert server.signal is not None
+        shown = local if public_ip is None else local.replace("127.0.0.1", public_ip, 1)
+        try:
+            async with Gateway(replace(gateway, signal_urls=(local,)), identity=identity,
+                               on_event=lambda e: None if isinstance(
+                                   e, events.GatewayReady) else out(e)) as running:
+                sc = server.signal.config
+                out(events.Serving(shown, running.url, domain, identity.node_id,
+                                   list(sc.stun_urls), list(sc.turn_urls)))
+                await forever()
+        finally:
+            await server.stop()
+
+    run_until_stopped(out, run)

@@ -316,6 +316,32 @@ class Public(Event):
 
 
 @dataclass(frozen=True)
+class Serving(Event):
+    """``mesh serve``: signaling, STUN/TURN and the gateway are up in one process."""
+
+    event: ClassVar[str] = "ready"
+    url: str
+    """The signaling URL sharers give as --signal."""
+    gateway_url: str
+    domain: str
+    node_id: str
+    """The gateway's key, pinned by the signaling server."""
+    stun: list[str] = field(default_factory=list)
+    turn: list[str] = field(default_factory=list)
+
+    @property
+    def share_command(self) -> str:
+        return f"mesh share PORT --public --name NAME --signal {self.url}"
+
+    def human(self) -> str:
+        return (f"serving *.{self.domain} on {self.gateway_url} (signaling {self.url})\n"
+                f"give sharers:\n\n  {self.share_command}\n")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "share_command": self.share_command}
+
+
+@dataclass(frozen=True)
 class GatewayReady(Event):
     """``mesh gateway`` is serving."""
 
