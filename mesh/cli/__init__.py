@@ -16,6 +16,7 @@ import click
 from .common import setup_logging
 from .peer import connect_cmd, release_cmd, share_cmd
 from .serve import gateway_cmd, serve_cmd, signal_cmd
+from .service import service_cmd
 from .tools import id_cmd, ls_cmd, netcheck_cmd, status_cmd
 from .up import up_cmd
 
@@ -30,7 +31,7 @@ def main(verbose: int) -> None:
 
 
 for command in (signal_cmd, share_cmd, gateway_cmd, release_cmd, connect_cmd, netcheck_cmd,
-                ls_cmd, status_cmd, id_cmd, up_cmd, serve_cmd):
+                ls_cmd, status_cmd, id_cmd, up_cmd, serve_cmd, service_cmd):
     main.add_command(command)
 
 
