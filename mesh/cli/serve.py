@@ -3,10 +3,14 @@ side of a deployment."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import click
 
 from mesh.errors import ConfigError
 from mesh.node import environ, events
+from mesh.node.certs import LETS_ENCRYPT
 
 from .common import (
     Output,
@@ -17,6 +21,31 @@ from .common import (
     run_until_stopped,
     signal_option,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def acme_options(f: F) -> F:
+    """``--acme-email``, ``--acme-directory``, ``--acme-ca-bundle``, ``--http-listen``."""
+    f = click.option("--http-listen", default="0.0.0.0:80", show_default=True,
+                     metavar="ADDR", help="With --acme-email: plain HTTP (ACME challenges, "
+                     "and every share over HTTP).")(f)
+    f = click.option("--acme-ca-bundle", default=None, metavar="FILE",
+                     help="CA bundle that verifies the ACME server (a private CA).")(f)
+    f = click.option("--acme-directory", default=LETS_ENCRYPT, show_default=True,
+                     metavar="URL", help="The ACME server's directory URL.")(f)
+    return click.option("--acme-email", default=None, metavar="EMAIL",
+                        help="Get certificates for NAME.DOMAIN automatically (ACME, "
+                             "HTTP-01); --listen then serves HTTPS.")(f)
+
+
+def acme_fields(acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
+                http_listen: str) -> dict[str, Any]:
+    from mesh.proto.names import parse_hostport
+
+    host, port = parse_hostport(http_listen, "--http-listen", default_host="0.0.0.0")
+    return {"acme_email": acme_email, "acme_directory": acme_directory,
+            "acme_ca_bundle": acme_ca_bundle, "http_host": host, "http_port": port}
 
 
 # -- mesh signal ---------------------------------------------------------------------------
@@ -133,13 +162,15 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
               help="Open connections per client address (503 and closed beyond).")
 @click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a request body may stay silent (408 beyond).")
+@acme_options
 @json_option
 def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
                 signal_urls: tuple[str, ...], public_url: str | None, max_body: int,
                 rate_per_share: float, rate_per_client: float, burst: float,
                 max_streams_per_share: int, share_timeout: float,
                 max_requests_per_client: int, max_conns_per_client: int, body_timeout: float,
-                as_json: bool) -> None:
+                acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
+                http_listen: str, as_json: bool) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
     from mesh.node.config import GatewayConfig
     from mesh.proto.names import parse_hostport
@@ -153,7 +184,8 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
             rate_per_client=rate_per_client, burst_per_client=burst,
             max_streams_per_share=max_streams_per_share, share_timeout=share_timeout,
             max_requests_per_client=max_requests_per_client,
-            max_conns_per_client=max_conns_per_client, body_timeout=body_timeout)
+            max_conns_per_client=max_conns_per_client, body_timeout=body_timeout,
+            **acme_fields(acme_email, acme_directory, acme_ca_bundle, http_listen))
 
     out = Output(as_json)
     config = configured(as_json, build)
@@ -190,11 +222,13 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
 @click.option("--tls-key", default=None, metavar="FILE", help="PEM private key.")
 @click.option("--public-url", default=None, metavar="URL",
               help="Base URL shares print, when the gateway sits behind something else.")
+@acme_options
 @json_option
 def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
               public_ip: str | None, relay_allow: tuple[str, ...], listen: str,
               tls_cert: str | None, tls_key: str | None, public_url: str | None,
-              as_json: bool) -> None:
+              acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
+              http_listen: str, as_json: bool) -> None:
     """Self-host in one command: signaling, STUN/TURN and the gateway in one process, the
     gateway's key pinned. `mesh signal` and `mesh gateway` remain for split deployments."""
     from mesh.node.config import GatewayConfig
@@ -214,7 +248,9 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
         # the signaling URL is known once it listens: checked now with a stand-in
         gateway = GatewayConfig(domain=domain, signal_urls=("ws://127.0.0.1:1/",),
                                 host=gw_host, port=gw_port, tls_cert=tls_cert,
-                                tls_key=tls_key, public_url=public_url)
+                                tls_key=tls_key, public_url=public_url,
+                                **acme_fields(acme_email, acme_directory, acme_ca_bundle,
+                                              http_listen))
         return rendezvous, gateway
 
     out = Output(as_json)
@@ -239,6 +275,10 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
                                on_event=lambda e: None if isinstance(
                                    e, events.GatewayReady) else out(e)) as running:
                 sc = server.signal.config
+                certs = running.certs
+                if certs is not None:  # ACME counters on the server's /metrics
+                    server.signal.extra_metrics = _chain(server.signal.extra_metrics,
+                                                         certs.metrics)
                 out(events.Serving(shown, running.url, domain, identity.node_id,
                                    list(sc.stun_urls), list(sc.turn_urls)))
                 await forever()
@@ -246,3 +286,9 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
             await server.stop()
 
     run_until_stopped(out, run)
+
+
+def _chain(first: Any, second: Any) -> Any:
+    def both() -> dict[str, float]:
+        return {**(first() if first else {}), **second()}
+    return both

@@ -255,10 +255,38 @@ class GatewayConfig:
     max_streams_per_share: int = 64
     resolve_timeout: float = 5.0
     recheck: float = 30.0
+    acme_email: str | None = None
+    """Get certificates automatically from an ACME server (``--acme-email``)."""
+    acme_directory: str = "https://acme-v02.api.letsencrypt.org/directory"
+    acme_ca_bundle: str | None = None
+    """CA bundle that verifies the ACME server itself (a test or private CA)."""
+    acme_renew_fraction: float = 2 / 3
+    """Renew a certificate this far into its lifetime."""
+    http_host: str = "0.0.0.0"
+    http_port: int = 80
+    """With ACME: the plain HTTP listener (challenges, and HTTP for every share)."""
     ice: IceSettings = field(default_factory=ice_from_env)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "domain", names.check_domain(self.domain))
+        if self.acme_email is not None:
+            if self.tls_cert or self.tls_key:
+                raise ConfigError("--acme-email gets certificates itself: it cannot go "
+                                  "with --tls-cert/--tls-key")
+            local, at, host = self.acme_email.partition("@")
+            if not (local and at and "." in host) or any(c in self.acme_email for c in
+                                                           " \r\n<>"):
+                raise ConfigError(f"--acme-email {self.acme_email!r} is not an email address")
+            names.check_http_url(self.acme_directory.replace("https://", "http://", 1),
+                                 "--acme-directory")
+            if not self.acme_directory.startswith("https://"):
+                raise ConfigError("--acme-directory must be an https:// URL")
+            names.check_host(self.http_host, "--http-listen")
+            names.check_port(self.http_port, "--http-listen", zero_ok=True)
+            if not 0 < self.acme_renew_fraction < 1:
+                raise ConfigError("the renewal point must be between 0 and 1 of a lifetime")
+        elif self.acme_ca_bundle is not None:
+            raise ConfigError("--acme-ca-bundle needs --acme-email")
         if not self.signal_urls:
             raise ConfigError("the gateway needs --signal URL (or MESH_SIGNAL)")
         for url in self.signal_urls:

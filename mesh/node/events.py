@@ -342,6 +342,19 @@ class Serving(Event):
 
 
 @dataclass(frozen=True)
+class Certificate(Event):
+    """The gateway got (or renewed) a certificate from its ACME server."""
+
+    event: ClassVar[str] = "certificate"
+    name: str
+    not_after: str
+    """ISO 8601, UTC."""
+
+    def human(self) -> str:
+        return f"certificate for {self.name} until {self.not_after}"
+
+
+@dataclass(frozen=True)
 class GatewayReady(Event):
     """``mesh gateway`` is serving."""
 

@@ -33,8 +33,7 @@ import errno
 import secrets
 import ssl
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -57,14 +56,18 @@ from mesh.proto import ticket as ticket_mod
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.limits import ConnectionCounter, TokenBucket
-from mesh.proto.names import check_basic_auth, valid_name
+from mesh.proto.names import check_basic_auth
 from mesh.transport.duplex import TcpDuplex
 
-from . import events
+from . import environ, events
+from .certs import CertManager
 from .config import ConnectConfig, GatewayConfig
 from .connect import Tunnel
 from .home import load_or_create
+from .routing import Clients, route_name
 from .signal_client import SignalClient
+
+CHALLENGE = b"/.well-known/acme-challenge/"
 
 
 @dataclass
@@ -78,45 +81,6 @@ class _Entry:
     streams: int = 0
 
 
-@dataclass
-class _Clients:
-    """Token buckets per client address, bounded (oldest forgotten)."""
-
-    rate: float
-    burst: float
-    limit: int = 10_000
-    buckets: OrderedDict[str, TokenBucket] = field(default_factory=OrderedDict)
-
-    def take(self, addr: str, now: float) -> bool:
-        bucket = self.buckets.pop(addr, None) or TokenBucket(self.rate, self.burst)
-        self.buckets[addr] = bucket
-        while len(self.buckets) > self.limit:
-            self.buckets.popitem(last=False)
-        return bucket.take(now)
-
-
-def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, bytes] | None:
-    """(share name, target to forward) for a request, or None. Pure."""
-    path = target.decode("latin-1")
-    if path.startswith("/s/"):
-        rest = path[3:]
-        name, slash, tail = rest.partition("/")
-        name, qmark, query = name.partition("?")
-        if valid_name(name):
-            forwarded = "/" + (tail if slash else "") + (("?" + query) if qmark else "")
-            return name, forwarded.encode("latin-1")
-    if host is None:
-        return None
-    hostname = host.decode("latin-1").lower().rsplit(":", 1)[0] if not host.startswith(
-        b"[") else ""
-    suffix = "." + domain.lower()
-    if hostname.endswith(suffix):
-        label = hostname[: -len(suffix)]
-        if valid_name(label):
-            return label, target
-    return None
-
-
 class Gateway:
     def __init__(self, config: GatewayConfig, *, identity: Identity | None = None,
                  on_event: events.OnEvent = events.ignore) -> None:
@@ -125,15 +89,20 @@ class Gateway:
         self.on_event = on_event
         self.url = ""
         self.port = 0
+        self.http_port = 0
+        """With ACME: the plain HTTP listener's port."""
         self.store = Store(limit=50, body_cap=0)
         self._signal: SignalClient | None = None
         self._server: asyncio.Server | None = None
+        self._plain: asyncio.Server | None = None
+        self.certs: CertManager | None = None
+        """Automatic certificates (``--acme-email``), served by SNI."""
         self._opener = Opener(self.identity, frozenset({"publish", "reject"}))
         self._waiting: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tunnels: set[Tunnel] = set()
-        self._clients = _Clients(config.rate_per_client, config.burst_per_client)
+        self._clients = Clients(config.rate_per_client, config.burst_per_client)
         self._http = HttpConfig(
             inspect=None, header_timeout=config.header_timeout,
             keepalive_timeout=config.idle_timeout, body_timeout=config.body_timeout,
@@ -160,6 +129,13 @@ class Gateway:
                 context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigError(f"cannot load the TLS certificate: {exc}") from exc
+        if cfg.acme_email:
+            self.certs = CertManager(cfg.domain, cfg.acme_email, cfg.acme_directory,
+                                     environ.home() / "certs", self._is_public,
+                                     ca_bundle=cfg.acme_ca_bundle,
+                                     renew_fraction=cfg.acme_renew_fraction,
+                                     on_event=self.emit)
+            context = self.certs.fallback
         self._tls = context is not None
         self._signal = SignalClient(self.identity, list(cfg.signal_urls), self._on_payload,
                                     lambda state, url: self.emit(events.Signal(state, url)),
@@ -176,6 +152,9 @@ class Gateway:
                                    "HOST:PORT (port 0 picks a free one)") from exc
             raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.certs is not None:
+            self.http_port = await self._listen_plain()
+            self.certs.start()
         scheme = "https" if context else "http"
         shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
         self.url = f"{scheme}://{shown}:{self.port}"
@@ -202,7 +181,31 @@ class Gateway:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _listen_plain(self) -> int:
+        """With ACME: plain HTTP for the challenges (and every share, over HTTP)."""
+        cfg = self.config
+        try:
+            self._plain = await asyncio.start_server(
+                lambda r, w: self._on_client(r, w, tls=False), cfg.http_host, cfg.http_port,
+                limit=cfg.max_head * 2)
+        except OSError as exc:
+            await self.close()
+            where = f"{cfg.http_host}:{cfg.http_port}/tcp"
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUse(f"the gateway's HTTP address {where} is taken; use "
+                                   "--http-listen HOST:PORT") from exc
+            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        return int(self._plain.sockets[0].getsockname()[1])
+
+    async def _is_public(self, name: str) -> bool:
+        """A certificate is ordered only for a name a public share holds right now."""
+        return isinstance(await self._resolve(name), _Entry)
+
     async def close(self) -> None:
+        if self.certs is not None:
+            await self.certs.close()
+        if self._plain is not None:
+            self._plain.close()
         if self._server is not None:
             self._server.close()
         for tunnel in list(self._tunnels):
@@ -231,7 +234,7 @@ class Gateway:
 
     # -- HTTP ---------------------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
+                         writer: asyncio.StreamWriter, tls: bool | None = None) -> None:
         caller = TcpDuplex(reader, writer)
         client = caller.peer()
         if not self._conns.acquire(client):
@@ -240,7 +243,8 @@ class Gateway:
             writer.close()  # before anything is read: an idle flood holds nothing here
             return
         try:
-            await HttpProxy(caller, _Caller(self, client), config=self._http,
+            await HttpProxy(caller, _Caller(self, client, self._tls if tls is None else tls),
+                            config=self._http,
                             store=self.store, on_request=self._log, client_addr=client).run()
         finally:
             self._conns.release(client)
@@ -248,10 +252,13 @@ class Gateway:
     def _log(self, ex: Exchange) -> None:
         self.emit(events.Request.from_exchange(ex))
 
-    async def route(self, client: str, request: h11.Request,
-                    headers: Headers) -> Route | Refusal:
+    async def route(self, client: str, request: h11.Request, headers: Headers,
+                    tls: bool = False) -> Route | Refusal:
         cfg = self.config
         now = time.monotonic()
+        if self.certs is not None and request.target.startswith(CHALLENGE):
+            answer = self.certs.challenge(request.target[len(CHALLENGE):].decode("latin-1"))
+            return Refusal(200, answer) if answer else Refusal(404, "no such ACME challenge")
         if not self._clients.take(client, now):
             return Refusal(503, "mesh gateway: too many requests from your address; slow "
                                 "down", (("retry-after", "1"),))
@@ -291,7 +298,7 @@ class Gateway:
         out = strip_hop_by_hop(headers, keep_upgrade=is_upgrade(headers))
         if entry.auth is not None:
             out = [(k, v) for k, v in out if k != b"authorization"]
-        out = forwarded(out, client=client, proto=b"https" if self._tls else b"http",
+        out = forwarded(out, client=client, proto=b"https" if tls else b"http",
                         host=host) + framing(headers)
         entry.streams += 1
         self._open.acquire(client)
@@ -403,11 +410,11 @@ class Gateway:
 class _Caller:
     """The gateway's ``Role`` for one caller's connection."""
 
-    def __init__(self, gateway: Gateway, client: str) -> None:
-        self.gateway, self.client = gateway, client
+    def __init__(self, gateway: Gateway, client: str, tls: bool) -> None:
+        self.gateway, self.client, self.tls = gateway, client, tls
 
     async def route(self, request: h11.Request, headers: Headers) -> Route | Refusal:
-        return await self.gateway.route(self.client, request, headers)
+        return await self.gateway.route(self.client, request, headers, self.tls)
 
     def upstream_failed(self, text: str) -> None:
         pass

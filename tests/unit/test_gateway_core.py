@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from mesh.node.gateway import route_name
 from mesh.node.public import public_urls
+from mesh.node.routing import route_name
 from mesh.proto import frames as p
 from mesh.proto.identity import Identity
 from mesh.proto.names import valid_domain
