@@ -139,3 +139,20 @@ def test_a_bad_file_is_one_line_naming_file_line_and_field(mesh: Mesh, tmp_path:
     (out,) = res.stderr.strip().splitlines()
     where = f"{file}:{line}:" if line else f"{file}:"
     assert where in out and message in out, out
+
+
+def test_the_readme_mesh_toml_example_checks(mesh: Mesh, tmp_path: Path) -> None:
+    """The README's example file, as written (its placeholder ticket replaced by a real
+    one), passes `mesh up --check`."""
+    from mesh.proto.identity import Identity
+    from mesh.proto.ticket import Ticket
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    key = Identity.generate()
+    ticket = Ticket(key.node_id, b"s" * 16, 2_000_000_000, "db").encode(key)
+    file = tmp_path / "mesh.toml"
+    file.write_text(example.replace("mesh1...", ticket))
+    res = mesh.run("up", str(file), "--check")
+    assert res.returncode == 0, res.stderr
+    assert "3 tunnels (share web, share dns, connect db)" in res.stdout
