@@ -21,7 +21,8 @@ from mesh.proto.ticket import Ticket
 
 URL = "ws://127.0.0.1:9/"  # never dialled: every case fails before any I/O
 KEY = Identity.from_seed(b"\x05" * 32)
-TICKET = Ticket(KEY.node_id, b"s" * 16, int(time.time()) + 600, "x", (URL,)).encode(KEY)
+TICKET = Ticket(KEY.node_id, b"s" * 16, int(time.time()) + 30 * 86400, "x", (URL,)).encode(KEY)
+"""Valid for 30 days: made at import, it must outlive a suite run of any length."""
 
 
 @pytest.fixture(autouse=True)
