@@ -48,6 +48,16 @@ def acme_fields(acme_email: str | None, acme_directory: str, acme_ca_bundle: str
             "acme_ca_bundle": acme_ca_bundle, "http_host": host, "http_port": port}
 
 
+async def start_rendezvous(server: Any) -> str:
+    """Start signaling and STUN/TURN; their errors as one-line configuration errors."""
+    try:
+        return str(await server.start())
+    except ConnectionError as exc:
+        raise ConfigError(str(exc)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+
+
 # -- mesh signal ---------------------------------------------------------------------------
 @click.command("signal")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -115,12 +125,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
 
         raise_fd_limit()
         server = Rendezvous(config)
-        try:
-            url = await server.start()
-        except ConnectionError as exc:
-            raise ConfigError(str(exc)) from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot listen: {exc.strerror or exc}") from exc
+        url = await start_rendezvous(server)
         assert server.signal is not None
         sc = server.signal.config
         out(events.SignalReady(url, list(sc.stun_urls), list(sc.turn_urls)))
@@ -264,10 +269,7 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
 
         raise_fd_limit()
         server = Rendezvous(rendezvous)
-        try:
-            local = await server.start()
-        except ConnectionError as exc:
-            raise ConfigError(str(exc)) from exc
+        local = await start_rendezvous(server)
         assert server.signal is not None
         shown = local if public_ip is None else local.replace("127.0.0.1", public_ip, 1)
         try:

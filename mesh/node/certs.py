@@ -108,7 +108,7 @@ class CertManager:
     # -- the TLS side ---------------------------------------------------------------
     def _fallback_context(self) -> ssl.SSLContext:
         """Served while a name has no certificate yet: self-signed for the domain."""
-        cert, key = _self_signed(self.domain)
+        cert, key = self_signed([self.domain])
         private_dir(self.cache)
         (self.cache / "fallback.pem").write_bytes(cert)
         key_path = self.cache / "fallback.key"
@@ -220,7 +220,7 @@ class CertManager:
 
     # -- the ACME exchange (a worker thread) ---------------------------------------------
     def _order(self, name: str) -> None:
-        from acme import challenges, crypto_util
+        from acme import challenges, crypto_util, messages
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -232,6 +232,8 @@ class CertManager:
         order = client.new_order(crypto_util.make_csr(key_pem, [name]))
         answered = []
         for authz in order.authorizations:
+            if authz.body.status == messages.STATUS_VALID:
+                continue  # a renewal: the server kept the name's earlier authorization
             for chall in authz.body.challenges:
                 if isinstance(chall.chall, challenges.HTTP01):
                     response, validation = chall.response_and_validation(account_key)
@@ -304,20 +306,28 @@ def _iso(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat()
 
 
-def _self_signed(domain: str) -> tuple[bytes, bytes]:
+def self_signed(names: list[str], addresses: tuple[str, ...] = (), days: float = 30
+                ) -> tuple[bytes, bytes]:
+    """A self-signed certificate and its key (PEM) for DNS ``names`` and IP ``addresses``,
+    usable as its own CA: the gateway's fallback, and the tests' throwaway servers."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domain)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
     now = datetime.datetime.now(datetime.UTC)
+    alt: list[x509.GeneralName] = [x509.DNSName(n) for n in names]
+    alt += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(domain)]), critical=False)
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

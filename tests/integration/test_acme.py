@@ -8,7 +8,6 @@ down, a new name gets a clear warning and the gateway keeps serving HTTP."""
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import os
@@ -24,37 +23,18 @@ from typing import Any
 import pytest
 
 from mesh.http.config import HttpConfig
+from mesh.node.certs import self_signed
 from mesh.proto.identity import Identity
 from tests.conftest import free_port, require_tool, wait_port
 from tests.harness import InProc
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
+def api_certificate(directory: Path) -> tuple[Path, Path]:
     """A certificate for pebble's own API on 127.0.0.1 (the gateway trusts it by file)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert, key = self_signed(["localhost"], ("127.0.0.1",), days=1)
     cert_path, key_path = directory / "pebble.pem", directory / "pebble.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
     return cert_path, key_path
 
 
@@ -68,7 +48,7 @@ class Pebble:
              "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
              "--address=/mesh.test/127.0.0.1", "--user=root", "--pid-file="],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.cert, key = self_signed(tmp)
+        self.cert, key = api_certificate(tmp)
         config = tmp / "pebble.json"
         config.write_text(json.dumps({"pebble": {
             "listenAddress": f"127.0.0.1:{self.port}",
