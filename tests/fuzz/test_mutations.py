@@ -171,6 +171,37 @@ def test_udp_frames() -> None:
     run(cases())
 
 
+def test_router_port_mapping_answers() -> None:
+    """A router's PCP and NAT-PMP answers are remote input (anyone on the LAN can send
+    to the client's port): only PortmapError may come out, in every lease state."""
+    import struct
+
+    from mesh.proto import portmap as pm
+
+    nonce = bytes(range(12))
+    mapped = b"\0" * 10 + b"\xff\xff" + bytes([198, 18, 1, 1])
+    seeds = [struct.pack("!BBBBII12x", 2, 0x81, 0, 0, 7200, 9)
+             + struct.pack("!12sB3xHH16s", nonce, 17, 5000, 40000, mapped),
+             struct.pack("!BBHIHHI", 0, 129, 0, 5, 5000, 40001, 3600),
+             struct.pack("!BBHI4s", 0, 128, 0, 5, bytes([198, 18, 1, 1]))]
+
+    def cases() -> object:
+        for i, mutant in enumerate(byte_cases(seeds, scaled(6_000), 13)):
+            lease = pm.Lease("10.1.0.2", 5000, nonce, now=0.0)
+            if i % 2:
+                lease.on_timer(0.25)
+                lease.on_timer(0.5)  # PCP asked twice, unanswered: now NAT-PMP
+                assert lease.protocol == "nat-pmp"
+            for decode in (lambda d: pm.pcp_map_response(d, nonce),
+                           lambda d: pm.natpmp_map_response(d, 5000),
+                           pm.natpmp_address_response, lambda d: lease.on_datagram(d, 0.5)):
+                with contextlib.suppress(pm.PortmapError):
+                    decode(mutant)
+            yield
+
+    run(cases())
+
+
 def test_control_machines_take_anything_in_every_state() -> None:
     """Admission and liveness messages, as a peer may send them at any point."""
     sharer = admission.SharerAdmission(admission.Keys(b"k" * 16), T, 0.0)
