@@ -175,6 +175,7 @@ def test_router_port_mapping_answers() -> None:
     """A router's PCP and NAT-PMP answers are remote input (anyone on the LAN can send
     to the client's port): only PortmapError may come out, in every lease state."""
     import struct
+    from functools import partial
 
     from mesh.proto import portmap as pm
 
@@ -194,7 +195,7 @@ def test_router_port_mapping_answers() -> None:
                 assert lease.protocol == "nat-pmp"
             for decode in (lambda d: pm.pcp_map_response(d, nonce),
                            lambda d: pm.natpmp_map_response(d, 5000),
-                           pm.natpmp_address_response, lambda d: lease.on_datagram(d, 0.5)):
+                           pm.natpmp_address_response, partial(lease.on_datagram, now=0.5)):
                 with contextlib.suppress(pm.PortmapError):
                     decode(mutant)
             yield
