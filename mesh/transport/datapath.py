@@ -92,6 +92,9 @@ class DataPath:
             return  # mesh negotiates no media: anything but DTLS is dropped
         plain = records.open(datagram)
         if records.closed:
+            if self._core is not None:  # what arrived before the close_notify counts
+                while (event := self._core.next_event()) is not None and self.ended is None:
+                    self._event(event)
             self._end("the peer closed the connection", by_peer=True)
             return
         if plain:
@@ -206,8 +209,11 @@ class DataPath:
         self.later()
 
     def abort(self, reason: str) -> None:
-        """ABORT the association (sent at once) and close every channel."""
+        """ABORT the association (sent at once) and close every channel. What the
+        channels already queued goes first (a stream's last ``error`` tells its peer not
+        to wait for a resume)."""
         if self.ended is None and self._core is not None:
+            self.flush()
             self._core.abort(reason)
             self.flush()
         self._end(reason)

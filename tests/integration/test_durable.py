@@ -207,3 +207,24 @@ def test_with_resume_timeout_0_connections_end_with_their_peer_connection(
         assert ended == b""  # reset or EOF, at once: nothing waits
     assert conn.event("disconnected")["waiting"] == 0
     assert not share.obj.streams
+
+
+def test_a_share_that_stops_ends_its_connections_at_once(inproc: InProc,
+                                                         echo: EchoServer) -> None:
+    """A graceful stop aborts the share's streams with a reason, so the connector's local
+    connections end now instead of waiting out --resume-timeout for a resume."""
+    import time
+
+    share = inproc.share(echo.port)
+    conn = inproc.connect(share.obj.ticket)
+    with socket.create_connection(("127.0.0.1", conn.obj.port), timeout=30) as s:
+        s.sendall(b"hello")
+        assert s.recv(5) == b"hello"
+        started = time.monotonic()
+        inproc.run(share.obj.close())
+        try:
+            ended = s.recv(5)
+        except ConnectionResetError:
+            ended = b""
+        assert ended == b"" and time.monotonic() - started < 10
+    assert conn.obj.snapshot()["streams_waiting"] == 0
