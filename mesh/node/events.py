@@ -132,10 +132,6 @@ class Tagged(Event):
     inner: Event
     tunnel: str
 
-    @property
-    def name(self) -> str:
-        return self.inner.event
-
     def to_json(self) -> dict[str, Any]:
         return {**self.inner.to_json(), "tunnel": self.tunnel}
 

@@ -146,8 +146,8 @@ class Share:
             self._ended.popitem(last=False)
 
     def recently_ended(self, key: tuple[str, str]) -> bool:
-        """``key`` ended within the last ``--resume-timeout`` (a resume that says it is new
-        is then refused: the stream's service connection has had its bytes)."""
+        """``key`` ended within twice ``--resume-timeout`` (a resume that says it is new is
+        then refused: the stream's service connection has had its bytes)."""
         when = self._ended.get(key)
         return when is not None and time.monotonic() - when < 2 * self.config.resume_timeout
 

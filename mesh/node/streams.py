@@ -59,14 +59,14 @@ class Streams:
     def move(self, established: Link) -> None:
         """Carry every resumable stream on to ``established``: a ``tcp-resume`` channel
         each (the stream leaves its old channel, if it still has one)."""
-        moving = [sid for sid, on in self._on_link.items() if on is not established]
+        moving = [(sid, self._streams[sid]) for sid, on in self._on_link.items()
+                   if on is not established]
         if not moving:
             return
         self._batch, self._batch_size = [], 0
-        for sid in moving:
-            stream = self._streams.get(sid)
+        for sid, stream in moving:
             channel = established.peer.open_channel(rs.RESUME_LABEL, protocol=rs.protocol(sid))
-            if stream is not None and stream.resume(channel):
+            if stream.resume(channel):
                 self._on_link[sid] = established
                 self._batch_size += 1
 

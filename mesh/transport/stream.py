@@ -64,7 +64,6 @@ class Stream:
     def __init__(self, channel: Channel, counters: Counters,
                  on_end: Callable[[], None] | None = None, *, sid: str | None = None,
                  resume_timeout: float = 0.0,
-                 on_wait: Callable[[Stream], None] | None = None,
                  on_resumed: Callable[[Stream, float], None] | None = None,
                  opened_here: bool = True) -> None:
         self.channel: Channel | None = None
@@ -74,7 +73,6 @@ class Stream:
         self.resume_timeout = resume_timeout if sid else 0.0
         self.retained = rs.Retained() if self.resume_timeout > 0 else None
         """Bytes sent and not yet consumed by the peer (resumable streams only)."""
-        self._on_wait = on_wait
         self.on_resumed = on_resumed
         """``on_resumed(stream, gap_s)`` once a resume completed (its owner may change)."""
         self.flow = sp.Flow(max_window=sp.MAX_WINDOW, budget=counters.window_budget)
@@ -108,10 +106,6 @@ class Stream:
         counters.streams_total += 1
         self._bind(channel)
         self._live.set()
-
-    @property
-    def resumable(self) -> bool:
-        return self.retained is not None
 
     @property
     def waiting(self) -> bool:
@@ -184,8 +178,6 @@ class Stream:
         if self._timer is None:
             left = self.waiting_since + self.resume_timeout - time.monotonic()
             self._timer = asyncio.get_running_loop().call_later(max(0.0, left), self._expire)
-        if self._on_wait is not None:
-            self._on_wait(self)
 
     def _expire(self) -> None:
         self._timer = None

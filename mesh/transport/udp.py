@@ -255,7 +255,7 @@ class SharerUdp(_Flows):
         try:
             literal = ipaddress.ip_address(host)
         except ValueError:
-            self._resolve(None)
+            self._start_resolving()
         else:
             family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
             self._service = (family, (host, port))
@@ -272,8 +272,12 @@ class SharerUdp(_Flows):
                 self.table.remove(entry)
                 self.ended(entry)
             return
-        if self._service is None:
-            self._resolve(frame)
+        if self._service is None:  # datagrams wait for the lookup, a few
+            if len(self._resolving) < BATCH:
+                self._resolving.append(frame)
+            else:
+                self.counters.drop(False, "resolving the service")
+            self._start_resolving()
             return
         now = self._loop.time()
         if entry is None:
@@ -288,14 +292,8 @@ class SharerUdp(_Flows):
         else:
             self.counters.drop(False, "service socket full")
 
-    def _resolve(self, frame: dg.Data | None) -> None:
-        """The service's address, looked up once (datagrams meanwhile wait, a few)."""
-        if frame is None:
-            pass
-        elif len(self._resolving) < BATCH:
-            self._resolving.append(frame)
-        else:
-            self.counters.drop(False, "resolving the service")
+    def _start_resolving(self) -> None:
+        """Look the service's address up, once at a time."""
         if self._task is not None:
             return
 
@@ -333,10 +331,7 @@ class SharerUdp(_Flows):
             self.send_close(flow, dg.NO_SOCKET)
             self.warn(f"cannot open a UDP socket for a flow: {exc.strerror}")
             return None
-        holder: list[_Socket] = []
-        service = _Socket(sock, lambda data, _addr: self._reply(flow, holder[0], data),
-                          lambda exc: self._unreachable(exc))
-        holder.append(service)
+        service = _Socket(sock, lambda data, _addr: self._reply(flow, data), self._unreachable)
         try:
             sock.connect(address)
         except OSError as exc:
@@ -350,9 +345,11 @@ class SharerUdp(_Flows):
         self.arm()
         return entry
 
-    def _reply(self, flow: int, service: _Socket, data: bytes) -> None:
+    def _reply(self, flow: int, data: bytes) -> None:
+        """A datagram from the service on ``flow``'s socket (a closed socket reads nothing
+        more, so the flow in the table is the socket's own)."""
         entry = self.table.by_flow(flow)
-        if entry is None or entry.value is not service:
+        if entry is None:
             return
         self.table.touch(entry, self._loop.time())
         self.send(dg.encode_data(flow, data), len(data))
