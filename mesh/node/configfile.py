@@ -62,6 +62,11 @@ class ConnectEntry:
     config: ConnectConfig
     """Checked configuration; for a LAN name, its ticket is a placeholder until then."""
 
+    @property
+    def lan_name(self) -> bool:
+        """``target`` names a share on the LAN: its ticket comes when it is found."""
+        return self.config.ticket is PLACEHOLDER
+
 
 Entry = ShareConfig | ConnectEntry
 
@@ -297,7 +302,7 @@ def _connect(fields: dict[str, Any], default_signal: tuple[str, ...], lines: Lin
             ticket = ticket_mod.decode(target, now=time.time())
         else:
             names.check_name(target, "ticket (a share's name)")
-            ticket = _PLACEHOLDER
+            ticket = PLACEHOLDER
         return ConnectEntry(target, ConnectConfig(ticket=ticket, signal_urls=signal, **opts))
     except MeshError as exc:
         field = "ticket" if isinstance(exc, TicketError) else _field_named(
@@ -305,7 +310,7 @@ def _connect(fields: dict[str, Any], default_signal: tuple[str, ...], lines: Lin
         raise lines.error(table, field, str(exc)) from None
 
 
-_PLACEHOLDER = ticket_mod.Ticket(node_id="a" * 52, secret=b"\0" * 16, expires=2**32 - 1)
+PLACEHOLDER = ticket_mod.Ticket(node_id="a" * 52, secret=b"\0" * 16, expires=2**32 - 1)
 """Stands in for the ticket of a LAN name while the options are checked."""
 
 

@@ -21,7 +21,7 @@ from mesh.errors import ConfigError, MeshError
 from mesh.proto.identity import Identity
 
 from . import events
-from .config import ShareConfig
+from .config import ConnectConfig, ShareConfig
 from .configfile import ConnectEntry, Entry, load
 from .connect import Tunnel
 from .discovery import resolve
@@ -99,9 +99,9 @@ class Up:
         self.running[name] = running
         self.entries[name] = entry
 
-    async def _connect_config(self, entry: ConnectEntry) -> Any:
+    async def _connect_config(self, entry: ConnectEntry) -> ConnectConfig:
         config = replace(entry.config, control_socket=False)
-        if config.ticket.node_id == "a" * 52:  # a LAN name: find its share now
+        if entry.lan_name:  # find its share now
             ticket, by_name = await resolve(entry.target, time.time())
             config = replace(config, ticket=ticket, by_name=by_name)
         return config
