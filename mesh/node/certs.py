@@ -35,7 +35,7 @@ from mesh.errors import ConfigError
 from mesh.proto.names import valid_name
 
 from . import events
-from .home import private_dir
+from .home import private_dir, write_private
 
 log = logging.getLogger("mesh.certs")
 
@@ -112,8 +112,7 @@ class CertManager:
         private_dir(self.cache)
         (self.cache / "fallback.pem").write_bytes(cert)
         key_path = self.cache / "fallback.key"
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(key)
+        write_private(key_path, key)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.cache / "fallback.pem", key_path)
         context.sni_callback = self.sni
@@ -250,9 +249,7 @@ class CertManager:
         finally:
             for token in answered:
                 self.challenges.pop(token, None)
-        key_path = self.cache / f"{name}.key"
-        key_path.touch(mode=0o600)
-        key_path.write_bytes(key_pem)
+        write_private(self.cache / f"{name}.key", key_pem)
         (self.cache / f"{name}.pem").write_text(done.fullchain_pem)
 
     def _account(self) -> tuple[Any, Any]:
@@ -269,8 +266,7 @@ class CertManager:
             private = loaded
         else:
             private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            path.touch(mode=0o600)
-            path.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+            write_private(path, private.private_bytes(serialization.Encoding.PEM,
                                                    serialization.PrivateFormat.PKCS8,
                                                    serialization.NoEncryption()))
         from josepy.jwk import JWKRSA

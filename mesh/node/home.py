@@ -96,6 +96,16 @@ def load_or_create(home: Path | None = None) -> Identity:
         raise IdentityError(f"cannot use identity at {path}: {exc.strerror or exc}") from exc
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, readable by this user only (0600) from the first
+    byte: written to a private temporary file, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 def share_secret(name: str, rotate: bool = False) -> bytes:
     """The admission secret of the share called ``name``, kept (0600) across restarts so
     its tickets keep working; ``rotate`` replaces it, revoking every older ticket."""
@@ -110,11 +120,7 @@ def share_secret(name: str, rotate: bool = False) -> bytes:
             if 16 <= len(secret) <= 32:
                 return secret
         secret = new_secret()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret.hex() + "\n")
-        os.replace(tmp, path)
+        write_private(path, (secret.hex() + "\n").encode())
         return secret
     except (OSError, ValueError) as exc:
         raise IdentityError(f"cannot keep the share secret in {directory}: {exc}") from exc
