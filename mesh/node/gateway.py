@@ -141,19 +141,15 @@ class Gateway:
                                     lambda state, url: self.emit(events.Signal(state, url)),
                                     on_registered=self._announce_soon)
         await self._signal.start()
-        try:
-            self._server = await asyncio.start_server(self._on_client, cfg.host, cfg.port,
-                                                      ssl=context, limit=cfg.max_head * 2)
-        except OSError as exc:
-            await self._signal.close()
-            where = f"{cfg.host}:{cfg.port}/tcp"
-            if exc.errno == errno.EADDRINUSE:
-                raise AddressInUse(f"the gateway's address {where} is taken; use --listen "
-                                   "HOST:PORT (port 0 picks a free one)") from exc
-            raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
+        self._server = await self._listen(
+            self._on_client, cfg.host, cfg.port, context,
+            "the gateway's address", "--listen HOST:PORT (port 0 picks a free one)")
         self.port = self._server.sockets[0].getsockname()[1]
-        if self.certs is not None:
-            self.http_port = await self._listen_plain()
+        if self.certs is not None:  # plain HTTP for the challenges (and every share)
+            self._plain = await self._listen(
+                lambda r, w: self._on_client(r, w, tls=False), cfg.http_host, cfg.http_port,
+                None, "the gateway's HTTP address", "--http-listen HOST:PORT")
+            self.http_port = int(self._plain.sockets[0].getsockname()[1])
             self.certs.start()
         scheme = "https" if context else "http"
         shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
@@ -181,21 +177,19 @@ class Gateway:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _listen_plain(self) -> int:
-        """With ACME: plain HTTP for the challenges (and every share, over HTTP)."""
-        cfg = self.config
+    async def _listen(self, handler: Any, host: str, port: int, context: ssl.SSLContext | None,
+                      what: str, flag: str) -> asyncio.Server:
+        """A listener, or (everything started so far closed) an error naming ``what`` at
+        host:port/tcp and the ``flag`` that moves it."""
         try:
-            self._plain = await asyncio.start_server(
-                lambda r, w: self._on_client(r, w, tls=False), cfg.http_host, cfg.http_port,
-                limit=cfg.max_head * 2)
+            return await asyncio.start_server(handler, host, port, ssl=context,
+                                              limit=self.config.max_head * 2)
         except OSError as exc:
             await self.close()
-            where = f"{cfg.http_host}:{cfg.http_port}/tcp"
+            where = f"{host}:{port}/tcp"
             if exc.errno == errno.EADDRINUSE:
-                raise AddressInUse(f"the gateway's HTTP address {where} is taken; use "
-                                   "--http-listen HOST:PORT") from exc
+                raise AddressInUse(f"{what} {where} is taken; use {flag}") from exc
             raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
-        return int(self._plain.sockets[0].getsockname()[1])
 
     async def _is_public(self, name: str) -> bool:
         """A certificate is ordered only for a name a public share holds right now."""
