@@ -216,6 +216,8 @@ class InProc:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.run(self.harness.close(), timeout=30)
+        with contextlib.suppress(Exception):  # worker threads (the ACME client's) finish
+            self.run(self.loop.shutdown_default_executor(), timeout=30)  # as asyncio.run's
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         for text in self.unhandled:

@@ -305,3 +305,55 @@ def test_a_hostile_peer_cannot_open_unbounded_flows_or_crash_the_sharer(
             assert data == b"ok?"
     finally:
         echo.close()
+
+
+def test_a_tcp_stream_to_a_udp_only_share_is_reset_with_the_reason(inproc: InProc) -> None:
+    """A connector that opens a `tcp` channel anyway (an old or hand-made one) gets the
+    stream reset with why, and no TCP connection is made to the service's port."""
+    import asyncio
+
+    from mesh.proto import stream as sp
+
+    share = inproc.share(5683, udp=True)
+    conn = inproc.connect(share.obj.ticket)
+
+    async def try_tcp() -> list[object]:
+        link = conn.obj._link
+        assert link is not None
+        channel = link.peer.open_channel("tcp")
+        replies: list[object] = []
+        channel.on("message", lambda m: replies.append(sp.parse(m)))
+        await asyncio.sleep(1.0)
+        return replies
+
+    assert inproc.run(try_tcp()) == [sp.Reset("this share carries UDP only")]
+    assert share.obj.snapshot()["peers"][0]["streams_total"] == 0
+
+
+def test_the_gateway_refuses_a_public_name_whose_ticket_is_udp_only() -> None:
+    """A share cannot be --public and --udp, but the gateway does not take that on trust:
+    a public name answering with a UDP-only ticket gets 502, and no tunnel is built."""
+    import http.client
+
+    from mesh.http.config import HttpConfig
+    from mesh.proto.identity import Identity
+    from mesh.proto.ticket import Ticket, decode
+
+    gateway_key = Identity.generate()
+    lab = InProc(gateways=frozenset({gateway_key.node_id}))
+    try:
+        gateway = lab.gateway(gateway_key, domain="mesh.test")
+        port = int(gateway.event("ready")["url"].rsplit(":", 1)[1])
+        share = lab.share(9, name="odd", public=True, http=HttpConfig(inspect=None))
+        share.event("public")
+        real = decode(share.obj.ticket)
+        share.obj.ticket = Ticket(real.node_id, real.secret, real.expires, real.name,
+                                  real.signal_urls, tcp=False, udp=True
+                                  ).encode(share.obj.identity)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+        conn.request("GET", "/", headers={"Host": "odd.mesh.test"})
+        resp = conn.getresponse()
+        assert resp.status == 502 and b"carries UDP only" in resp.read()
+        assert not gateway.obj._tunnels
+    finally:
+        lab.close()
