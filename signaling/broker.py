@@ -66,6 +66,13 @@ class Broker(Protocol):
 
     async def name_owner(self, name: str) -> str | None: ...
 
+    async def set_roster(self, name: str, seq: int, text: str) -> bool:
+        """Store a pool's roster (checked by the server) unless one with a seq at least
+        as high is stored; False then. Releasing the name drops it."""
+        ...
+
+    async def roster(self, name: str) -> str | None: ...
+
     async def set_gateway(self, info: dict[str, str]) -> None:
         """Record the public gateway (node, domain, url) announced on this tier."""
         ...
@@ -99,6 +106,12 @@ class MemoryBroker:
 
     async def release_name(self, name: str, node: str) -> bool:
         return self._names.release(name, node)
+
+    async def set_roster(self, name: str, seq: int, text: str) -> bool:
+        return self._names.set_roster(name, seq, text)
+
+    async def roster(self, name: str) -> str | None:
+        return self._names.roster(name)
 
     async def name_owner(self, name: str) -> str | None:
         return self._names.owner(name, time.time(), self.has)

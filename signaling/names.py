@@ -8,6 +8,11 @@ is ``NameQuota``). A holder refreshes its names whenever it claims one again
 refreshed it for ``offline_ttl`` seconds goes to the next claimant. Squatting
 needs keys, then, and the server's per-address claim rate (server.py) makes
 keys slow to use.
+
+A name's holder may also store a roster (mesh/proto/roster.py): the other keys
+that may publish it. The book keeps the text and its ``seq`` (a lower or equal
+seq is refused, so an old roster is never replayed); the server checks the
+signature. Releasing the name, or losing it after ``offline_ttl``, drops it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,18 @@ class NameBook:
     rules: NameRules = field(default_factory=NameRules)
     _names: dict[str, tuple[str, float]] = field(default_factory=dict)
     _by_node: dict[str, set[str]] = field(default_factory=dict)
+    _rosters: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def set_roster(self, name: str, seq: int, text: str) -> bool:
+        held = self._rosters.get(name)
+        if held is not None and held[0] >= seq:
+            return False
+        self._rosters[name] = (seq, text)
+        return True
+
+    def roster(self, name: str) -> str | None:
+        held = self._rosters.get(name)
+        return None if held is None else held[1]
 
     def claim(self, name: str, node: str, now: float, online: Callable[[str], bool]) -> str:
         """The holder after this claim (``node`` if it got or kept it)."""
@@ -75,6 +92,7 @@ class NameBook:
 
     def _drop(self, name: str, owner: str) -> None:
         self._names.pop(name, None)
+        self._rosters.pop(name, None)
         mine = self._by_node.get(owner)
         if mine is not None:
             mine.discard(name)

@@ -89,7 +89,8 @@ NAMES_SEEN_KEY = "mesh:names:seen"
 """name -> when its holder last claimed it (names.py's rules)."""
 NAMES_BY_NODE = "mesh:names:of:"
 """+ node id: the set of names the node holds."""
-# names.py's NameBook.claim, atomically: KEYS names, seen, by-node set of the claimant;
+# names.py's NameBook.claim, atomically: KEYS names, seen, by-node set of the claimant,
+# rosters, roster seqs;
 # ARGV name, node, now, offline ttl, max per node, presence key prefix, by-node prefix.
 # Returns the holder, or "" when the claimant is at its quota. A name kept before
 # "seen" existed counts as seen now.
@@ -112,6 +113,8 @@ if owner then
     return owner
   end
   redis.call('SREM', ARGV[7] .. owner, ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
 end
 if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[5]) then
   return ''
@@ -124,10 +127,24 @@ return ARGV[2]
 RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[4], ARGV[1])
+  redis.call('HDEL', KEYS[5], ARGV[1])
   redis.call('SREM', KEYS[3], ARGV[1])
   return redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
+"""
+ROSTERS_KEY = "mesh:rosters"
+ROSTERS_SEQ_KEY = "mesh:rosters:seq"
+# names.py's NameBook.set_roster: KEYS rosters, seqs; ARGV name, seq, text. 1 if stored.
+SET_ROSTER = """
+local seq = redis.call('HGET', KEYS[2], ARGV[1])
+if seq and tonumber(seq) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
 """
 GATEWAY_KEY = "mesh:gateway"
 RATE_SYNC = 0.1
@@ -299,7 +316,8 @@ class RedisBroker:
     async def claim_name(self, name: str, node: str) -> str:
         rules = self.names
         owner = await self._redis_client().eval(
-            CLAIM, 3, NAMES_KEY, NAMES_SEEN_KEY, NAMES_BY_NODE + node, name, node,
+            CLAIM, 5, NAMES_KEY, NAMES_SEEN_KEY, NAMES_BY_NODE + node, ROSTERS_KEY,
+            ROSTERS_SEQ_KEY, name, node,
             repr(time.time()), repr(rules.offline_ttl), str(rules.max_per_node),
             self._key(""), NAMES_BY_NODE)
         text = owner.decode() if isinstance(owner, bytes) else str(owner)
@@ -311,8 +329,18 @@ class RedisBroker:
     async def release_name(self, name: str, node: str) -> bool:
         # compare-and-delete in one step, so a release never removes a new holder's claim
         done = await self._redis_client().eval(
-            RELEASE, 3, NAMES_KEY, NAMES_SEEN_KEY, NAMES_BY_NODE + node, name, node)
+            RELEASE, 5, NAMES_KEY, NAMES_SEEN_KEY, NAMES_BY_NODE + node, ROSTERS_KEY,
+            ROSTERS_SEQ_KEY, name, node)
         return bool(done)
+
+    async def set_roster(self, name: str, seq: int, text: str) -> bool:
+        done = await self._redis_client().eval(SET_ROSTER, 2, ROSTERS_KEY, ROSTERS_SEQ_KEY,
+                                               name, str(seq), text)
+        return bool(done)
+
+    async def roster(self, name: str) -> str | None:
+        raw = await self._redis_client().hget(ROSTERS_KEY, name)
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def name_owner(self, name: str) -> str | None:
         r = self._redis_client()

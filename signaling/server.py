@@ -21,7 +21,7 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -33,7 +33,8 @@ from mesh.proto.identity import verify
 from mesh.proto.limits import ConnectionCounter, TokenBucket
 
 from .broker import Broker, MemoryBroker, TooManySessions
-from .names import NameQuota, NameRules
+from .names import NameRules
+from .naming import name_op
 from .turn import rest_credentials
 
 log = logging.getLogger("mesh.signal")
@@ -383,11 +384,11 @@ class SignalServer:
                     self._reject(session, result, f"node {to[:8]} is not keeping up", ref)
             case p.Ping():
                 session.push(p.encode(p.Pong()))
-            case p.NameOp(op, name, ref):
+            case p.NameOp(op, name, ref, roster):
                 if session.node is None:
                     self._reject(session, "not-registered", "register first", ref)
                     return
-                await self._name_op(session, session.node, op, name, ref)
+                await self._name_op(session, session.node, op, name, ref, roster)
             case p.Announce(domain, url):
                 if session.node is None or session.node not in self.config.gateways:
                     self._reject(session, "not-gateway", "this node is not a gateway pinned "
@@ -407,32 +408,13 @@ class SignalServer:
         return bucket.take(asyncio.get_running_loop().time())
 
     async def _name_op(self, session: _Session, node: str, op: str, name: str,
-                       ref: int | None) -> None:
+                       ref: int | None, text: str | None = None) -> None:
         if op == "claim" and not self._claim_allowed(session.addr):
             self._reject(session, "rate-limited", "too many name claims from your address; "
                          "try again later", ref)
             return
-        try:
-            if op == "claim":
-                owner: str | None = await self.broker.claim_name(name, node)
-                if owner != node:
-                    self._reject(session, "name-taken", f"the name {name!r} belongs to "
-                                 "another node key", ref)
-                    return
-            elif op == "release":
-                if not await self.broker.release_name(name, node):
-                    self._reject(session, "not-owner", f"this node does not hold {name!r}",
-                                 ref)
-                    return
-                owner = None
-            else:
-                owner = await self.broker.name_owner(name)
-            gateway = await self.broker.gateway()
-        except NameQuota as exc:
-            self._reject(session, "name-quota", str(exc), ref)
+        answer = await name_op(self.broker, node, op, name, text)
+        if isinstance(answer, tuple):
+            self._reject(session, *answer, ref)
             return
-        except Exception as exc:  # the broker's backend (Redis) failed: tell the client
-            log.warning("name %s %s failed: %s", op, name, exc)
-            self._reject(session, "unavailable", "the name service is unavailable", ref)
-            return
-        session.push(p.encode(p.NameResult(op, name, owner, gateway, ref)))
+        session.push(p.encode(replace(answer, ref=ref)))

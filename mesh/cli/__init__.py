@@ -14,6 +14,7 @@ import contextlib
 import click
 
 from .common import setup_logging
+from .names import name_cmd
 from .peer import connect_cmd, release_cmd, share_cmd
 from .serve import gateway_cmd, serve_cmd, signal_cmd
 from .service import service_cmd
@@ -31,7 +32,7 @@ def main(verbose: int) -> None:
 
 
 for command in (signal_cmd, share_cmd, gateway_cmd, release_cmd, connect_cmd, netcheck_cmd,
-                ls_cmd, status_cmd, id_cmd, up_cmd, serve_cmd, service_cmd):
+                ls_cmd, status_cmd, id_cmd, up_cmd, serve_cmd, service_cmd, name_cmd):
     main.add_command(command)
 
 

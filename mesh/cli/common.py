@@ -40,7 +40,8 @@ class Output:
             sys.stdout.flush()
         else:
             inner = event.inner if isinstance(event, events.Tagged) else event
-            stream = (sys.stdout if isinstance(inner, events.Ready | events.NetcheckEvent)
+            stream = (sys.stdout if isinstance(inner, events.Ready | events.NetcheckEvent
+                                                      | events.Members)
                       else sys.stderr)
             stream.write(event.human() + "\n")
             stream.flush()

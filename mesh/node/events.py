@@ -258,13 +258,20 @@ class Request(Event):
     error: str | None = None
     refused: str | None = None
     """Why mesh answered the request itself (401, 408, 431, ...) instead of forwarding it."""
+    member: str | None = None
+    """At a gateway: the pool member (node id) that served it."""
+    cache: str | None = None
+    """At a gateway with ``--cache-size``: hit, miss, revalidated, or None (not cacheable)."""
+    retries: int = 0
+    """At a gateway: 1 if the request went to a second member after the first failed."""
 
     @classmethod
     def from_exchange(cls, ex: Exchange) -> Request:
         return cls(id=ex.id, method=ex.method, path=ex.target, status=ex.status,
                    duration_ms=ex.duration_ms, bytes_in=ex.request_body.size,
                    bytes_out=ex.response_body.size, peer=ex.peer, client=ex.client,
-                   state=ex.state, replay_of=ex.replay_of, error=ex.error, refused=ex.refused)
+                   state=ex.state, replay_of=ex.replay_of, error=ex.error, refused=ex.refused,
+                   member=ex.member, cache=ex.cache, retries=ex.retries)
 
     def human(self) -> str:
         status = self.status if self.status is not None else "---"
@@ -273,6 +280,9 @@ class Request(Event):
         extra += f" [{self.state}]" if self.state not in ("complete",) else ""
         extra += f": {self.error}" if self.error else ""
         extra += f" (refused: {self.refused})" if self.refused else ""
+        extra += f" via {self.member[:12]}" if self.member else ""
+        extra += f" cache {self.cache}" if self.cache else ""
+        extra += " (retried)" if self.retries else ""
         return (f"{self.method} {self.path} {status} {ms} "
                 f"{_size(self.bytes_in)} in {_size(self.bytes_out)} out{extra}")
 
@@ -294,85 +304,6 @@ def _size(n: int) -> str:
     if n < 1024 * 1024:
         return f"{n / 1024:.1f} KiB"
     return f"{n / 1024 / 1024:.1f} MiB"
-
-
-@dataclass(frozen=True)
-class Public(Event):
-    """A ``--public`` share holds its name; the gateway serves it at ``url``."""
-
-    event: ClassVar[str] = "public"
-    name: str
-    url: str
-    """``scheme://NAME.DOMAIN/`` (needs wildcard DNS for the domain)."""
-    path_url: str
-    """``GATEWAY/s/NAME/``: works without wildcard DNS."""
-
-    def human(self) -> str:
-        return f"public: {self.url} (or {self.path_url})"
-
-
-@dataclass(frozen=True)
-class Serving(Event):
-    """``mesh serve``: signaling, STUN/TURN and the gateway are up in one process."""
-
-    event: ClassVar[str] = "ready"
-    url: str
-    """The signaling URL sharers give as --signal."""
-    gateway_url: str
-    domain: str
-    node_id: str
-    """The gateway's key, pinned by the signaling server."""
-    stun: list[str] = field(default_factory=list)
-    turn: list[str] = field(default_factory=list)
-
-    @property
-    def share_command(self) -> str:
-        return f"mesh share PORT --public --name NAME --signal {self.url}"
-
-    def human(self) -> str:
-        return (f"serving *.{self.domain} on {self.gateway_url} (signaling {self.url})\n"
-                f"give sharers:\n\n  {self.share_command}\n")
-
-    def to_json(self) -> dict[str, Any]:
-        return {**super().to_json(), "share_command": self.share_command}
-
-
-@dataclass(frozen=True)
-class Certificate(Event):
-    """The gateway got (or renewed) a certificate from its ACME server."""
-
-    event: ClassVar[str] = "certificate"
-    name: str
-    not_after: str
-    """ISO 8601, UTC."""
-
-    def human(self) -> str:
-        return f"certificate for {self.name} until {self.not_after}"
-
-
-@dataclass(frozen=True)
-class GatewayReady(Event):
-    """``mesh gateway`` is serving."""
-
-    event: ClassVar[str] = "ready"
-    url: str
-    node_id: str
-    domain: str
-
-    def human(self) -> str:
-        return (f"mesh gateway for *.{self.domain} listening on {self.url} "
-                f"(node {self.node_id}; pin it with `mesh signal --gateway {self.node_id}`)")
-
-
-@dataclass(frozen=True)
-class Released(Event):
-    """`mesh release`: the public name is free again."""
-
-    event: ClassVar[str] = "released"
-    name: str
-
-    def human(self) -> str:
-        return f"released the public name {self.name!r}"
 
 
 @dataclass(frozen=True)
@@ -429,3 +360,12 @@ OnEvent = Callable[[Event], None]
 
 def ignore(_: Event) -> None:
     pass
+
+
+# the public side's events (gateway, names) live beside; every event is importable here
+from .gateway_events import Certificate as Certificate  # noqa: E402
+from .gateway_events import GatewayReady as GatewayReady  # noqa: E402
+from .gateway_events import Members as Members  # noqa: E402
+from .gateway_events import Public as Public  # noqa: E402
+from .gateway_events import Released as Released  # noqa: E402
+from .gateway_events import Serving as Serving  # noqa: E402

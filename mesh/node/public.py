@@ -5,7 +5,8 @@ shown (a name held by another key is ``NameTaken``, exit 7), claims it again
 after every reconnection, and answers the gateway's sealed ``pubreq`` with a
 sealed ``publish`` carrying its ticket, but only when it is public, holds the
 name, and the asker is the gateway the tier names (pinned by the operator with
-``mesh signal --gateway``). Any other asker gets ``reject``.
+``mesh signal --gateway``). Any other asker gets ``reject``. A member of the
+name's pool (``mesh name add``, mesh/proto/roster.py) does the same.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mesh.errors import MeshError, NameTaken
+from mesh.proto.roster import roster_for
 
 from . import events
 from .signal_client import SignalClient
@@ -80,8 +82,10 @@ class Publisher:
             except MeshError as exc:
                 log.info("pubreq lookup failed: %s", exc)
                 return
-            if result.owner != self.node_id:
-                reason = "this node does not hold the name"
+            pool = roster_for(result.roster, self.name, result.owner)
+            if result.owner != self.node_id and (pool is None
+                                                 or self.node_id not in pool.members):
+                reason = "this node does not hold the name and is not in its pool"
             elif result.gateway is None or result.gateway["node"] != sender:
                 reason = "you are not the gateway of this signaling server"
         if reason is not None:

@@ -132,8 +132,10 @@ class SignalClient:
             return None
         return round((time.monotonic() - t0) * 1000, 2)
 
-    async def name(self, op: str, name: str, timeout: float = 10.0) -> p.NameResult:
-        """Claim, release or look up a public name (see signaling/protocol.py)."""
+    async def name(self, op: str, name: str, timeout: float = 10.0,
+                   roster: str | None = None) -> p.NameResult:
+        """Claim, release, look up a public name or store its pool's roster (see
+        mesh/proto/frames.py)."""
         ws = self._ws
         if ws is None or ws.closed or not self.registered.is_set():
             raise SignalingError(f"not connected to the signaling server {self.url}")
@@ -141,7 +143,7 @@ class SignalClient:
         fut: asyncio.Future[p.NameResult] = asyncio.get_running_loop().create_future()
         self._names[ref] = fut
         try:
-            await ws.send_str(p.encode(p.NameOp(op, name, ref)))
+            await ws.send_str(p.encode(p.NameOp(op, name, ref, roster)))
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise SignalingError(f"the signaling server did not answer a name {op}") from None

@@ -13,21 +13,27 @@ Server -> client::
     {"type": "error", "code": CODE, "message": TEXT, "ref": INT|null}
     {"type": "pong"}
     {"type": "name", "op": OP, "name": NAME, "owner": NODE|null,
-     "gateway": {"node": NODE, "domain": STR, "url": STR}|null, "ref": INT}
+     "gateway": {"node": NODE, "domain": STR, "url": STR}|null, "ref": INT,
+     "roster": ROSTER (when the name has a pool), "online": [NODE, ...]}
 
 Client -> server::
 
     {"type": "register", "node": NODE, "sig": B64(64 bytes)}
     {"type": "send", "to": NODE, "payload": B64, "ref": INT}
     {"type": "ping"}
-    {"type": "name", "op": "claim"|"release"|"lookup", "name": NAME, "ref": INT}
+    {"type": "name", "op": "claim"|"release"|"lookup"|"members", "name": NAME, "ref": INT,
+     "roster": ROSTER (members only)}
     {"type": "gateway", "domain": STR, "url": STR}
 
 Public names (``mesh share --public``, ``mesh gateway``): ``claim`` binds NAME
 (a DNS label) to the registered node if nobody holds it, and is a no-op for its
 holder; ``release`` unbinds it (holder only); ``lookup`` reads it. The answer
 is a ``name`` frame with the holder (``owner``) and the gateway announced on
-this server, or an error with the same ``ref``. A ``gateway`` frame announces
+this server, or an error with the same ``ref``. ``members`` stores a pool's
+roster (mesh/proto/roster.py: signed by the name's holder, seq growing); a
+member of the roster may then ``claim`` the name too (the answer's ``owner``
+stays the holder). Answers carry the stored roster and which of the holder and
+members are ``online``. A ``gateway`` frame announces
 the public gateway; the server accepts it only from the node ids its operator
 pinned (``mesh signal --gateway NODE_ID``).
 
@@ -102,6 +108,7 @@ class NameOp:
     op: str
     name: str
     ref: int | None
+    roster: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +124,8 @@ class NameResult:
     owner: str | None
     gateway: dict[str, str] | None
     ref: int | None
+    roster: str | None = None
+    online: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +164,8 @@ class Pong:
 ClientFrame = Register | Send | Ping | NameOp | Announce
 ServerFrame = Hello | Registered | Deliver | Error | Pong | NameResult
 
-NAME_OPS = ("claim", "release", "lookup")
+NAME_OPS = ("claim", "release", "lookup", "members")
+MAX_ROSTER = 4096
 
 
 def _name(value: Any) -> str:
@@ -251,8 +261,12 @@ def parse_client_frame(text: str | bytes) -> ClientFrame:
     if kind == "name":
         op = obj.get("op")
         if op not in NAME_OPS:
-            raise FrameError("bad-frame", "op must be claim, release or lookup")
-        return NameOp(str(op), _name(obj.get("name")), _ref(obj.get("ref")))
+            raise FrameError("bad-frame", "op must be claim, release, lookup or members")
+        roster = obj.get("roster")
+        if op == "members" and roster is None:
+            raise FrameError("bad-frame", "members needs a roster")
+        return NameOp(str(op), _name(obj.get("name")), _ref(obj.get("ref")),
+                      None if roster is None else _short_text(roster, "roster", MAX_ROSTER))
     if kind == "gateway":
         return Announce(_short_text(obj.get("domain"), "domain"),
                         _short_text(obj.get("url"), "url"))
@@ -294,10 +308,15 @@ def parse_server_frame(text: str | bytes) -> ServerFrame:
         owner = obj.get("owner")
         op = obj.get("op")
         if op not in NAME_OPS:
-            raise FrameError("bad-frame", "op must be claim, release or lookup")
+            raise FrameError("bad-frame", "op must be claim, release, lookup or members")
+        roster, online = obj.get("roster"), obj.get("online", [])
+        if not isinstance(online, list) or len(online) > 64:
+            raise FrameError("bad-frame", "online must be a list of node ids")
         return NameResult(str(op), _name(obj.get("name")),
                           None if owner is None else _node(owner, "owner"),
-                          _gateway(obj.get("gateway")), _ref(obj.get("ref")))
+                          _gateway(obj.get("gateway")), _ref(obj.get("ref")),
+                          None if roster is None else _short_text(roster, "roster", MAX_ROSTER),
+                          tuple(_node(n, "online") for n in online))
     raise FrameError("bad-frame", f"unknown frame type {kind[:32]!r}")
 
 
@@ -323,11 +342,17 @@ def encode(frame: ClientFrame | ServerFrame) -> str:
             obj = {"type": "error", "code": code, "message": message, "ref": ref}
         case Pong():
             obj = {"type": "pong"}
-        case NameOp(op, name, ref):
+        case NameOp(op, name, ref, roster):
             obj = {"type": "name", "op": op, "name": name, "ref": ref}
+            if roster is not None:
+                obj["roster"] = roster
         case Announce(domain, url):
             obj = {"type": "gateway", "domain": domain, "url": url}
-        case NameResult(op, name, owner, gateway, ref):
+        case NameResult(op, name, owner, gateway, ref, roster, online):
             obj = {"type": "name", "op": op, "name": name, "owner": owner, "gateway": gateway,
                    "ref": ref}
+            if roster is not None:
+                obj["roster"] = roster
+            if online:
+                obj["online"] = list(online)
     return json.dumps(obj, separators=(",", ":"))
