@@ -90,6 +90,12 @@ class Exchange:
     error: str | None = None
     refused: str | None = None
     """Why mesh answered this request itself instead of forwarding it (401, 431, ...)."""
+    member: str | None = None
+    """At a gateway: the pool member (node id) that served it."""
+    cache: str | None = None
+    """At a gateway with a cache: hit, miss, revalidated or None (not cacheable)."""
+    retries: int = 0
+    """Times the request went to a second upstream after the first failed."""
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -98,6 +104,7 @@ class Exchange:
             "bytes_in": self.request_body.size, "bytes_out": self.response_body.size,
             "peer": self.peer, "client": self.client, "replay_of": self.replay_of,
             "started": iso(self.started), "error": self.error, "refused": self.refused,
+            "member": self.member, "cache": self.cache, "retries": self.retries,
         }
 
     def to_json(self) -> dict[str, Any]:

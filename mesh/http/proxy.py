@@ -10,6 +10,13 @@ asked for it turns the connection into a byte splice. The roles
 header policy, the service), the connect guard (Host check, the tunnel) and the
 gateway (routing, limits, the share's tunnel).
 
+Reading request heads and answering by itself are downstream.py's. A route may
+name a second upstream (a pool's other member): a request safe to repeat
+(GET, HEAD, OPTIONS, or carrying ``Idempotency-Key``) whose upstream fails
+before any answer goes there once, its body (up to ``REPLAY_CAP``) replayed;
+any request goes there when its upstream could not even be opened. A route's
+``ResponseFilter`` rewrites the answer as it streams back.
+
 Defences at the parser, before any byte reaches the upstream: smuggling
 (``Content-Length`` with ``Transfer-Encoding``, duplicate ``Content-Length``:
 400), heads over ``max_head`` (431), transfer codings other than chunked
@@ -30,9 +37,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import h11
 
@@ -40,104 +46,57 @@ from mesh.transport.duplex import Duplex, Tapped, splice
 
 from .capture import Exchange, Store
 from .config import HttpConfig
+from .downstream import Downstream
 from .policy import (
     Headers,
     Refusal,
     framing,
-    head_problem,
+    header,
     is_upgrade,
     reason,
-    request_line,
     strip_hop_by_hop,
 )
+from .route import (
+    READ,
+    Answer,
+    BodySilent,
+    BodyTooLarge,
+    Opener,
+    Role,
+    Route,
+    Upstream,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+__all__ = ["READ", "Answer", "HttpProxy", "Opener", "Role", "Route", "Upstream",
+           "UpstreamError"]
+SAFE = (b"GET", b"HEAD", b"OPTIONS")
+REPLAY_CAP = 1024 * 1024
+"""Request bodies up to this size are kept so the request can go to a second upstream."""
+
+
+class _Again(Exception):
+    """The upstream failed before answering and the request may go to another."""
 
 log = logging.getLogger("mesh.http")
 
-READ = 64 * 1024
-Opener = Callable[[], Awaitable[Duplex]]
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one request goes, and how."""
-
-    key: str
-    """Requests with the same key may reuse one upstream connection."""
-    opener: Opener
-    target: bytes
-    headers: Headers
-    """The headers to send upstream (already transformed, framing included)."""
-    peer: str = ""
-    """Who the exchange is logged under (the peer's node id, the share's name)."""
-    release: Callable[[], None] = field(default=lambda: None)
-    """Called once the exchange is over (stream counters)."""
-
-
-class Role(Protocol):
-    """What one kind of proxy decides about each request."""
-
-    async def route(self, request: h11.Request, headers: Headers) -> Route | Refusal: ...
-
-    def upstream_failed(self, text: str) -> None:
-        """The upstream could not be reached (``text`` says how)."""
-        ...
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or broke the response."""
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream did not start its response in time."""
-
-
-class BodyTooLarge(Exception):
-    """The request body went over ``max_body`` while streaming."""
-
-
-class BodySilent(Exception):
-    """The request body went silent for ``body_timeout`` seconds."""
-
-
-class Upstream:
-    """An HTTP/1.1 client connection over a ``Duplex``."""
-
-    def __init__(self, io: Duplex) -> None:
-        self.io = io
-        self.conn = h11.Connection(h11.CLIENT)
-
-    async def send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            await self.io.write(data)
-
-    async def next_event(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            self.conn.receive_data(await self.io.read(READ))
-
-    def close(self) -> None:
-        self.io.close()
-
-
-class HttpProxy:
+class HttpProxy(Downstream):
     """Serves one client connection until it closes."""
 
     def __init__(self, client: Duplex, role: Role, *, config: HttpConfig,
                  store: Store | None = None,
                  on_request: Callable[[Exchange], None] | None = None,
                  peer: str = "", client_addr: str = "") -> None:
-        self.client = client
+        super().__init__(client, config=config, store=store, on_request=on_request,
+                         peer=peer, client_addr=client_addr)
         self.role = role
-        self.config = config
-        self.store = store
-        self.on_request = on_request
-        self.peer, self.client_addr = peer, client_addr
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_head)
         self.up: Upstream | None = None
         self.up_key = ""
+        self._saved: bytearray | None = None
+        """The request body so far, while the request may still go to a second upstream."""
+        self._body = "unread"
+        """The request body: unread, partial (being pumped) or read."""
 
     async def run(self) -> None:
         try:
@@ -168,10 +127,13 @@ class HttpProxy:
             if isinstance(routed, Refusal):
                 await self._refuse(routed, (request.method, request.target), headers)
                 return
-            try:
-                keep = await self._exchange(request, headers, routed)
-            finally:
-                routed.release()
+            if isinstance(routed, Answer):
+                keep = await self._answer(request, headers, routed)
+            else:
+                try:
+                    keep = await self._exchange(request, headers, routed)
+                finally:
+                    routed.release()
             if (not keep or self.conn.our_state is h11.MUST_CLOSE
                     or self.conn.their_state is h11.MUST_CLOSE):
                 return
@@ -179,78 +141,6 @@ class HttpProxy:
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
-
-    async def _next_head(self, first: bool) -> h11.Request | None:
-        conn = self.conn
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        head_deadline = started + self.config.header_timeout if first else None
-        while True:
-            if conn.their_state is h11.IDLE:
-                problem = head_problem(conn.trailing_data[0], self.config.max_head)
-                if problem is not None:
-                    await self._refuse(problem, request_line(conn.trailing_data[0]))
-                    return None
-            try:
-                event = conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raw = conn.trailing_data[0]
-                if raw or not conn.trailing_data[1]:
-                    await self._refuse(Refusal(exc.error_status_hint, str(exc)),
-                                       request_line(raw))
-                return None
-            if isinstance(event, h11.Request):
-                return event
-            if event is not h11.NEED_DATA:
-                return None  # ConnectionClosed
-            if head_deadline is None and conn.trailing_data[0]:
-                head_deadline = loop.time() + self.config.header_timeout
-            deadline = head_deadline or started + self.config.keepalive_timeout
-            try:
-                data = await asyncio.wait_for(self.client.read(READ), deadline - loop.time())
-            except TimeoutError:
-                raw = conn.trailing_data[0]
-                if raw:
-                    await self._refuse(Refusal(408, "request head not complete within "
-                                                    f"{self.config.header_timeout:g} s"),
-                                       request_line(raw))
-                return None
-            conn.receive_data(data)
-
-    async def _refuse(self, refusal: Refusal, line: tuple[bytes, bytes] | None = None,
-                      request_headers: Headers | None = None) -> None:
-        """Answer with ``refusal`` and close; record it if ``line`` names the request."""
-        if line is not None and self.store is not None:
-            ex = self.store.begin(line[0], line[1], b"1.1", request_headers or [],
-                                  peer=self.peer,
-                                  client=self.client_addr)
-            ex.refused = refusal.message
-            self._end(ex, refusal.status, "complete")
-        body = (refusal.message + "\n").encode()
-        headers: list[tuple[str, str]] = [("content-type", "text/plain; charset=utf-8"),
-                   ("content-length", str(len(body))), ("connection", "close"),
-                   *refusal.headers]
-        try:
-            data = self.conn.send(h11.Response(status_code=refusal.status, headers=headers,
-                                               reason=reason(refusal.status)))
-            data = (data or b"") + (self.conn.send(h11.Data(data=body)) or b"")
-            data += self.conn.send(h11.EndOfMessage()) or b""
-        except h11.LocalProtocolError:
-            return
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.client.write(data)
-
-    def _end(self, ex: Exchange | None, status: int | None, state: str,
-             error: str | None = None) -> None:
-        if ex is None or self.store is None:
-            return
-        if status is not None and ex.status is None:
-            self.store.respond(ex, status, reason(status).encode(), [])
-        self.store.finish(ex, state, error)
-        if self.on_request is not None:
-            self.on_request(ex)
-
-    # -- one exchange -----------------------------------------------------------
     async def _upstream(self, route: Route) -> Upstream:
         up = self.up
         if up is not None and up.conn.our_state is h11.IDLE and self.up_key == route.key:
@@ -266,30 +156,83 @@ class HttpProxy:
             raise UpstreamError(text) from exc
         self.up, self.up_key = Upstream(io), route.key
         return self.up
-
     async def _exchange(self, request: h11.Request, headers: Headers, route: Route) -> bool:
-        """Forward one request; return whether the client connection stays open."""
-        upgrade = is_upgrade(headers)
+        """Forward one request (to a second upstream if the first fails before answering
+        and the request is safe to repeat); return whether the client connection stays
+        open."""
         ex = None
         if self.store is not None:
             ex = self.store.begin(request.method, request.target, request.http_version,
                                   route.headers, peer=route.peer or self.peer,
                                   client=self.client_addr)
+        safe = request.method in SAFE or header(headers, b"idempotency-key") is not None
+        self._saved = (
+            bytearray() if route.retry is not None and safe and not is_upgrade(headers)
+            else None)
+        self._body = "unread"
+        second: Route | None = None
+        try:
+            while True:
+                if ex is not None:
+                    ex.member = route.member
+                try:
+                    return await self._attempt(request, headers, route, ex)
+                except _Again as again:
+                    route.report(None)
+                    nxt = await route.retry() if route.retry is not None else None
+                    if not isinstance(nxt, Route):
+                        text = str(again)
+                        self.role.upstream_failed(text)
+                        await self._refuse(Refusal(502, f"mesh: the shared {text}"))
+                        self._end(ex, 502, "error", text)
+                        return False
+                    second = route = nxt
+                    if ex is not None:
+                        ex.retries += 1
+        finally:
+            if second is not None:
+                second.release()
+
+    def _may_retry(self, route: Route, sent: bool) -> bool:
+        """Whether a failure before any answer may go to another upstream: nothing sent
+        yet and the body still unread (any request), or a request safe to repeat whose
+        body is unread or was kept whole."""
+        if route.retry is None or self._body == "partial":
+            return False
+        if not sent and self._body == "unread":
+            return True
+        return self._saved is not None
+
+    async def _attempt(self, request: h11.Request, headers: Headers, route: Route,
+                       ex: Exchange | None) -> bool:
+        upgrade = is_upgrade(headers)
+        sent = False
         try:
             up = await self._upstream(route)
+            sent = True
             await up.send(h11.Request(method=request.method, target=route.target,
                                       headers=route.headers))
         except (UpstreamError, ConnectionError, OSError, h11.ProtocolError) as exc:
             text = f"service {exc}" if isinstance(exc, UpstreamError) else "service closed"
+            if self.up is not None and sent:
+                self.up.close()
+                self.up = None
+            if self._may_retry(route, sent):
+                raise _Again(text) from exc
+            route.report(None)
             self.role.upstream_failed(text)
             await self._refuse(Refusal(502, f"mesh: the shared {text}"))
             self._end(ex, 502, "error", text)
             return False
-        body = asyncio.create_task(self._pump_body(up, ex))
+        if self._body == "read":  # a second upstream: the body was read and kept
+            body = asyncio.ensure_future(self._replay_body(up))
+        else:
+            body = asyncio.create_task(self._pump_body(up, ex))
         result = "broken"
         try:
-            result = await self._relay_response(up, ex, upgrade, body)
+            result = await self._relay_response(up, ex, upgrade, body, route)
         except UpstreamTimeout:
+            route.report(None)
             await self._refuse(Refusal(504, "mesh: the share did not answer within "
                                             f"{self.config.response_timeout:g} s"))
             self._end(ex, 504, "error", "timed out")
@@ -302,10 +245,18 @@ class HttpProxy:
             self._end(ex, 408, "error", "request body went silent")
         except (ConnectionError, OSError, h11.ProtocolError, UpstreamError) as exc:
             if self.conn.our_state is h11.SEND_RESPONSE:  # nothing sent to the client yet
+                if not body.done():
+                    body.cancel()
+                self.up = None
+                up.close()
+                if self._may_retry(route, sent=True):
+                    raise _Again("service closed the connection without a response") from exc
+                route.report(None)
                 await self._refuse(Refusal(502, "mesh: the service closed the connection "
                                                 "without a response"))
                 self._end(ex, 502, "error", "no response from the service")
             else:
+                route.report(None)
                 self.client.abort("upstream broke the response")
                 self._end(ex, None, "error", f"response broken: {exc}")
         finally:
@@ -325,9 +276,15 @@ class HttpProxy:
             self.up = None
         return True
 
+    async def _replay_body(self, up: Upstream) -> None:
+        if self._saved:
+            await up.send(h11.Data(data=bytes(self._saved)))
+        await up.send(h11.EndOfMessage())
+
     async def _pump_body(self, up: Upstream, ex: Exchange | None) -> None:
         conn = self.conn
         size = 0
+        self._body = "partial"
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -341,22 +298,29 @@ class HttpProxy:
                     raise BodyTooLarge()
                 if ex is not None:
                     ex.request_body.feed(event.data)
+                if self._saved is not None:
+                    self._saved += event.data
+                    if len(self._saved) > REPLAY_CAP:
+                        self._saved = None
                 await up.send(h11.Data(data=event.data))
             elif isinstance(event, h11.EndOfMessage):
+                self._body = "read"
                 await up.send(h11.EndOfMessage())
                 return
             else:
                 raise h11.RemoteProtocolError("client closed mid-body")
 
     async def _relay_response(self, up: Upstream, ex: Exchange | None, upgrade: bool,
-                              body: asyncio.Task[None]) -> str:
+                              body: asyncio.Task[None], route: Route) -> str:
         first = True
+        filt = route.respond
         while True:
             event = await self._next_upstream_event(up, body, first)
             first = False
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101 and upgrade:
                     await body
+                    route.report(101)
                     return await self._switch(up, ex, event)
                 if event.status_code != 101:
                     await self.client.write(self.conn.send(h11.InformationalResponse(
@@ -364,18 +328,29 @@ class HttpProxy:
                         headers=strip_hop_by_hop(list(event.headers)))) or b"")
                 continue
             if isinstance(event, h11.Response):
+                route.report(event.status_code)
                 headers = list(event.headers)
                 out = strip_hop_by_hop(headers) + framing(headers)
+                status, why = event.status_code, event.reason
+                if filt is not None:
+                    status, out = filt.head(status, out)
+                    why = event.reason if status == event.status_code else reason(status).encode()
                 if ex is not None and self.store is not None:
-                    self.store.respond(ex, event.status_code, event.reason, out)
+                    self.store.respond(ex, status, why, out)
                 await self.client.write(self.conn.send(h11.Response(
-                    status_code=event.status_code, reason=event.reason, headers=out)) or b"")
+                    status_code=status, reason=why, headers=out)) or b"")
             elif isinstance(event, h11.Data):
+                chunk = filt.data(event.data) if filt is not None else event.data
                 if ex is not None:
                     ex.response_body.feed(event.data)
-                await self.client.write(self.conn.send(h11.Data(data=event.data)) or b"")
+                if chunk:
+                    await self.client.write(self.conn.send(h11.Data(data=chunk)) or b"")
             elif isinstance(event, h11.EndOfMessage):
-                await self.client.write(self.conn.send(h11.EndOfMessage()) or b"")
+                tail = filt.end() if filt is not None else b""
+                if ex is not None and filt is not None:
+                    ex.cache = filt.cache
+                data = self.conn.send(h11.Data(data=tail)) or b"" if tail else b""
+                await self.client.write(data + (self.conn.send(h11.EndOfMessage()) or b""))
                 self._end(ex, None, "complete")
                 return "done"
             else:
