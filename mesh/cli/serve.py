@@ -21,6 +21,7 @@ from .common import (
     run_until_stopped,
     signal_option,
 )
+from .edge import edge_fields, edge_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -167,6 +168,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
               help="Open connections per client address (503 and closed beyond).")
 @click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a request body may stay silent (408 beyond).")
+@edge_options
 @acme_options
 @json_option
 def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
@@ -175,7 +177,7 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
                 max_streams_per_share: int, share_timeout: float,
                 max_requests_per_client: int, max_conns_per_client: int, body_timeout: float,
                 acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
-                http_listen: str, as_json: bool) -> None:
+                http_listen: str, as_json: bool, **edge: Any) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
     from mesh.node.config import GatewayConfig
     from mesh.proto.names import parse_hostport
@@ -190,7 +192,8 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
             max_streams_per_share=max_streams_per_share, share_timeout=share_timeout,
             max_requests_per_client=max_requests_per_client,
             max_conns_per_client=max_conns_per_client, body_timeout=body_timeout,
-            **acme_fields(acme_email, acme_directory, acme_ca_bundle, http_listen))
+            **acme_fields(acme_email, acme_directory, acme_ca_bundle, http_listen),
+            **edge_fields(**edge))
 
     out = Output(as_json)
     config = configured(as_json, build)
@@ -227,13 +230,14 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
 @click.option("--tls-key", default=None, metavar="FILE", help="PEM private key.")
 @click.option("--public-url", default=None, metavar="URL",
               help="Base URL shares print, when the gateway sits behind something else.")
+@edge_options
 @acme_options
 @json_option
 def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
               public_ip: str | None, relay_allow: tuple[str, ...], listen: str,
               tls_cert: str | None, tls_key: str | None, public_url: str | None,
               acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
-              http_listen: str, as_json: bool) -> None:
+              http_listen: str, as_json: bool, **edge: Any) -> None:
     """Self-host in one command: signaling, STUN/TURN and the gateway in one process, the
     gateway's key pinned. `mesh signal` and `mesh gateway` remain for split deployments."""
     from mesh.node.config import GatewayConfig
@@ -255,7 +259,8 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
                                 host=gw_host, port=gw_port, tls_cert=tls_cert,
                                 tls_key=tls_key, public_url=public_url,
                                 **acme_fields(acme_email, acme_directory, acme_ca_bundle,
-                                              http_listen))
+                                              http_listen),
+                                **edge_fields(**edge))
         return rendezvous, gateway
 
     out = Output(as_json)

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 
 from mesh.errors import ConfigError
 from mesh.http.config import HttpConfig
+from mesh.http.edge import EdgePolicy
 from mesh.proto import names
 from mesh.proto.ticket import Ticket
 from mesh.transport.settings import IceSettings
 
 from . import environ
+from .pool import check_balance
+from .routes import Rule
 
 
 def ice_from_env() -> IceSettings:
@@ -265,6 +268,19 @@ class GatewayConfig:
     http_host: str = "0.0.0.0"
     http_port: int = 80
     """With ACME: the plain HTTP listener (challenges, and HTTP for every share)."""
+    balance: str = "least"
+    """How a pool's requests spread: least, round-robin, cookie or hash:HEADER."""
+    health_path: str | None = None
+    """Probe each pool member's PATH every ``health_interval`` seconds."""
+    health_interval: float = 5.0
+    routes: tuple[Rule, ...] = ()
+    """``--routes`` rules (routes.py), first match wins."""
+    edge: EdgePolicy = field(default_factory=EdgePolicy)
+    """The response policy where no route sets its own: compression, headers, CORS."""
+    cache_size: float = 0.0
+    """Megabytes of HTTP cache (0: no cache)."""
+    cache_debug: bool = False
+    """Send ``X-Cache: HIT|MISS|REVALIDATED``."""
     ice: IceSettings = field(default_factory=ice_from_env)
 
     def __post_init__(self) -> None:
@@ -287,6 +303,16 @@ class GatewayConfig:
                 raise ConfigError("the renewal point must be between 0 and 1 of a lifetime")
         elif self.acme_ca_bundle is not None:
             raise ConfigError("--acme-ca-bundle needs --acme-email")
+        problem = check_balance(self.balance)
+        if problem is not None:
+            raise ConfigError(problem)
+        if self.health_path is not None and not (
+                self.health_path.startswith("/") and self.health_path.isascii()
+                and not any(c in self.health_path for c in " \r\n\0")):
+            raise ConfigError(f"--health-path {self.health_path!r} must be a path starting "
+                              "with /")
+        if not 0 <= self.cache_size <= 64 * 1024:
+            raise ConfigError("--cache-size is megabytes, 0 (off) to 65536")
         if not self.signal_urls:
             raise ConfigError("the gateway needs --signal URL (or MESH_SIGNAL)")
         for url in self.signal_urls:
@@ -305,4 +331,4 @@ class GatewayConfig:
         _positive(self, "header_timeout", "idle_timeout", "body_timeout", "share_timeout",
                   "rate_per_share",
                   "burst_per_share", "rate_per_client", "burst_per_client",
-                  "resolve_timeout", "recheck")
+                  "resolve_timeout", "recheck", "health_interval")

@@ -1,28 +1,24 @@
 """``mesh gateway``: a public HTTP(S) entry for shares that opted in with ``--public``.
 
 The gateway is a mesh peer with a public address. It accepts HTTP/1.1 from
-anyone (TLS when given a certificate) and routes by Host: ``NAME.DOMAIN`` goes
-to the share published as NAME; ``/s/NAME/...`` works without wildcard DNS
-(the prefix is removed before forwarding).
-
-Finding a share (per name, cached, re-checked every ``recheck`` seconds):
-
-1. ``lookup`` NAME on the signaling tier -> the node key holding it (404 if none);
-2. a sealed ``pubreq`` envelope to that node; a ``--public`` share answers with
-   a sealed ``publish`` carrying its ticket (and ``--public-auth``), but only to
-   the gateway the tier names (pinned by the operator: ``mesh signal --gateway``);
-   any other share answers ``reject`` (404). No answer: 502;
-3. one peer connection per share (connect.py's ``Tunnel``, sharing the
-   gateway's single signaling session), reused by every request and rebuilt by
-   the tunnel itself when it fails.
+anyone (TLS when given a certificate) and routes by ``--routes`` rules first
+(routes.py: host and path prefix to a name), then by Host: ``NAME.DOMAIN``
+goes to the share published as NAME; ``/s/NAME/...`` works without wildcard
+DNS (the prefix is removed before forwarding). A name may be served by a pool
+of shares (``mesh name add``): upstreams.py finds and connects them, pool.py
+picks one per request and keeps their health.
 
 Each request passes, before the share sees a byte: the parser defences of
-httpproxy.py (431, 400, 408), a per-client-address and a per-share token
-bucket (503), open streams per share (503), the body cap (413), the share's
-``--public-auth`` (401). Then X-Forwarded-For/-Proto/-Host are *set* (an
+proxy.py (431, 400, 408), a per-client-address and a per-name token bucket
+(503), open streams per name (503), the body cap (413), a CORS preflight
+answered here (edge.py), the share's ``--public-auth`` (401), the cache
+(``--cache-size``, cache.py). Then X-Forwarded-For/-Proto/-Host are *set* (an
 internet caller's own copies are not trusted) and the request streams to the
-share, where it appears in the sharer's log and inspector. The gateway
-terminates TLS: it sees every request it forwards (see the README).
+chosen member, where it appears in the sharer's log and inspector; a request
+safe to repeat whose member fails before answering goes once to another. The
+answer passes the response policy (compression, headers, CORS) on its way
+back. The gateway terminates TLS: it sees every request it forwards (see the
+README).
 """
 
 from __future__ import annotations
@@ -30,17 +26,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import secrets
 import ssl
 import time
-from dataclasses import dataclass
+from collections import Counter
 from typing import Any
 
 import h11
 
-from mesh.errors import AddressInUse, ConfigError, EnvelopeError, MeshError, PeerUnreachable
+from mesh.errors import AddressInUse, ConfigError, EnvelopeError, MeshError
+from mesh.http.cache import UNSAFE, HttpCache
 from mesh.http.capture import Exchange, Store
 from mesh.http.config import HttpConfig
+from mesh.http.edge import CacheFill, Chain, EdgePolicy, PolicyFilter, preflight, render
 from mesh.http.policy import (
     Headers,
     Refusal,
@@ -51,34 +48,24 @@ from mesh.http.policy import (
     is_upgrade,
     strip_hop_by_hop,
 )
-from mesh.http.proxy import HttpProxy, Route
-from mesh.proto import ticket as ticket_mod
-from mesh.proto.envelope import Opener, seal_envelope
+from mesh.http.proxy import HttpProxy
+from mesh.http.route import Answer, ResponseFilter, Route
+from mesh.proto.envelope import Opener
 from mesh.proto.identity import Identity
-from mesh.proto.limits import ConnectionCounter, TokenBucket
-from mesh.proto.names import check_basic_auth
+from mesh.proto.limits import ConnectionCounter
 from mesh.transport.duplex import TcpDuplex
 
 from . import environ, events
 from .certs import CertManager
-from .config import ConnectConfig, GatewayConfig
-from .connect import Tunnel
+from .config import GatewayConfig
 from .home import load_or_create
-from .routing import Clients, route_name
+from .pool import COOKIE, member_token
+from .routes import match
+from .routing import Clients, cookie_value, route_name
 from .signal_client import SignalClient
+from .upstreams import Name, Upstreams
 
 CHALLENGE = b"/.well-known/acme-challenge/"
-
-
-@dataclass
-class _Entry:
-    name: str
-    owner: str
-    tunnel: Tunnel
-    auth: tuple[str, str] | None
-    checked: float
-    bucket: TokenBucket
-    streams: int = 0
 
 
 class Gateway:
@@ -98,10 +85,11 @@ class Gateway:
         self.certs: CertManager | None = None
         """Automatic certificates (``--acme-email``), served by SNI."""
         self._opener = Opener(self.identity, frozenset({"publish", "reject"}))
-        self._waiting: dict[str, asyncio.Future[tuple[str, dict[str, Any]]]] = {}
-        self._entries: dict[str, _Entry] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._tunnels: set[Tunnel] = set()
+        self.upstreams = Upstreams(config, self.identity, self._signal_client, self.emit)
+        self.cache = (HttpCache(int(config.cache_size * 1024 * 1024), debug=config.cache_debug)
+                      if config.cache_size > 0 else None)
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        """(name, member, ok|failed|retried) -> requests."""
         self._clients = Clients(config.rate_per_client, config.burst_per_client)
         self._http = HttpConfig(
             inspect=None, header_timeout=config.header_timeout,
@@ -193,7 +181,7 @@ class Gateway:
 
     async def _is_public(self, name: str) -> bool:
         """A certificate is ordered only for a name a public share holds right now."""
-        return isinstance(await self._resolve(name), _Entry)
+        return isinstance(await self.upstreams.resolve(name), Name)
 
     async def close(self) -> None:
         if self.certs is not None:
@@ -202,8 +190,7 @@ class Gateway:
             self._plain.close()
         if self._server is not None:
             self._server.close()
-        for tunnel in list(self._tunnels):
-            await tunnel.close()
+        await self.upstreams.close()
         for task in list(self._tasks):
             task.cancel()
         if self._signal is not None:
@@ -220,11 +207,15 @@ class Gateway:
     def _on_payload(self, sender: str, payload: bytes) -> None:
         with contextlib.suppress(EnvelopeError):
             env = self._opener.open(payload, sender, time.time())
-            waiting = self._waiting.get(env.session)
+            waiting = self.upstreams.waiting.get(env.session)
             if waiting is not None and not waiting.done():
                 waiting.set_result((env.kind, env.body))
-        for tunnel in list(self._tunnels):
+        for tunnel in list(self.upstreams.tunnels):
             tunnel.on_payload(sender, payload)
+
+    def _signal_client(self) -> SignalClient:
+        assert self._signal is not None
+        return self._signal
 
     # -- HTTP ---------------------------------------------------------------------
     async def _on_client(self, reader: asyncio.StreamReader,
@@ -247,7 +238,7 @@ class Gateway:
         self.emit(events.Request.from_exchange(ex))
 
     async def route(self, client: str, request: h11.Request, headers: Headers,
-                    tls: bool = False) -> Route | Refusal:
+                    tls: bool = False) -> Route | Answer | Refusal:
         cfg = self.config
         now = time.monotonic()
         if self.certs is not None and request.target.startswith(CHALLENGE):
@@ -257,25 +248,25 @@ class Gateway:
             return Refusal(503, "mesh gateway: too many requests from your address; slow "
                                 "down", (("retry-after", "1"),))
         host = header(headers, b"host")
-        routed = route_name(host, request.target, cfg.domain)
+        rule, routed = None, None
+        ruled = match(cfg.routes, host, request.target) if cfg.routes else None
+        if ruled is not None:
+            rule, target = ruled
+            routed = rule.name, target
+        else:
+            routed = route_name(host, request.target, cfg.domain)
         if routed is None:
             return Refusal(404, f"mesh gateway: no share here; use NAME.{cfg.domain} or "
                                 "/s/NAME/")
         name, target = routed
-        found = await self._resolve(name)
+        policy = rule.policy if rule is not None and rule.policy is not None else cfg.edge
+        early = preflight(policy, request.method, headers)
+        if early is not None:
+            return early
+        found = await self.upstreams.resolve(name)
         if isinstance(found, Refusal):
             return found
         entry = found
-        if not entry.tunnel.up:
-            # the share may be back with another ticket (restarted with --new-ticket):
-            # ask it again rather than keep rebuilding with the old one
-            await self._drop(name, entry)
-            found = await self._resolve(name)
-            if isinstance(found, Refusal):
-                return found
-            entry = found
-            if not entry.tunnel.up:
-                return Refusal(502, f"mesh gateway: the share {name!r} is offline")
         if not entry.bucket.take(now):
             return Refusal(503, f"mesh gateway: the share {name!r} is over its request "
                                 "rate; retry shortly", (("retry-after", "1"),))
@@ -285,121 +276,93 @@ class Gateway:
         if entry.streams >= cfg.max_streams_per_share:
             return Refusal(503, f"mesh gateway: the share {name!r} has too many open "
                                 "requests; retry shortly", (("retry-after", "1"),))
-        if entry.auth is not None and not basic_auth_ok(header(headers, b"authorization"),
-                                                        entry.auth):
+        cookie = cookie_value(headers, COOKIE) if entry.pool.mode == "cookie" else None
+        mode = entry.pool.mode
+        key = header(headers, mode[5:].lower().encode()) if mode.startswith("hash:") else None
+        node = entry.pool.pick(entry.up(), now, key=None if key is None else
+                               key.decode("latin-1"), cookie=cookie)
+        if node is None:
+            return Refusal(502, f"mesh gateway: the share {name!r} is offline")
+        link = entry.links[node]
+        if link.auth is not None and not basic_auth_ok(header(headers, b"authorization"),
+                                                       link.auth):
             return Refusal(401, "authentication required",
                            (("www-authenticate", f'Basic realm="{name}", charset="UTF-8"'),))
+        cache_key = f"{name}\n{target.decode('latin-1')}"
+        use_cache = self.cache is not None and (rule is None or rule.cache)
+        found_entry = None
+        if use_cache and self.cache is not None:
+            found_entry = self.cache.lookup(cache_key, request.method, headers, now)
+            if found_entry is not None and found_entry.fresh:
+                self.cache.hits += 1
+                stored = found_entry.entry
+                return render(PolicyFilter(policy, headers, request.method, tls),
+                              stored.status, stored.answer_headers(now, self.cache.debug,
+                                                                   "hit"), stored.body)
         out = strip_hop_by_hop(headers, keep_upgrade=is_upgrade(headers))
-        if entry.auth is not None:
+        if link.auth is not None:
             out = [(k, v) for k, v in out if k != b"authorization"]
         out = forwarded(out, client=client, proto=b"https" if tls else b"http",
                         host=host) + framing(headers)
+        revalidate = None
+        if (found_entry is not None and header(headers, b"if-none-match") is None
+                and header(headers, b"if-modified-since") is None):
+            out += found_entry.entry.validators()
+            revalidate = found_entry
+        if use_cache and self.cache is not None and request.method in (b"GET", b"HEAD"):
+            fill: CacheFill | None = CacheFill(self.cache, cache_key, headers, revalidate,
+                                               time.monotonic)
+        else:
+            fill = None
+        if self.cache is not None and request.method in UNSAFE:
+            self.cache.invalidate(cache_key)
+        return self._route_to(entry, node, client, request, headers, target, out, policy,
+                              fill, cookie, tls, retry=True)
+
+    def _route_to(self, entry: Name, node: str, client: str, request: h11.Request,
+                  headers: Headers, target: bytes, out: Headers, policy: EdgePolicy,
+                  fill: CacheFill | None, cookie: str | None, tls: bool,
+                  retry: bool) -> Route:
+        extra: Headers = []
+        if entry.pool.mode == "cookie" and cookie != member_token(node):
+            secure = "; Secure" if tls else ""
+            extra.append((b"set-cookie", f"{COOKIE}={member_token(node)}; Path=/; HttpOnly; "
+                                         f"SameSite=Lax{secure}".encode()))
+        filters: list[ResponseFilter] = [] if fill is None else [fill]
+        if policy.active or extra:
+            filters.append(PolicyFilter(policy, headers, request.method, tls, extra))
         entry.streams += 1
+        entry.pool.started(node)
         self._open.acquire(client)
+        reported = [False]
+
+        def report(status: int | None) -> None:
+            if not reported[0]:
+                reported[0] = True
+                entry.pool.finished(node, status, time.monotonic())
+                self.counts[(entry.name, node, "ok" if status is not None and status < 500
+                             else "failed")] += 1
 
         def release() -> None:
             entry.streams -= 1
             self._open.release(client)
+            if not reported[0]:  # ended before any answer (the caller left): not a failure
+                reported[0] = True
+                entry.pool.finished(node, 0, time.monotonic())
 
-        return Route(key=name, opener=entry.tunnel.open_stream, target=target, headers=out,
-                     peer=name, release=release)
+        async def again() -> Route | Refusal:
+            other = entry.pool.pick(entry.up(), time.monotonic(), avoid=(node,))
+            if other is None:
+                return Refusal(502, f"mesh gateway: every member of {entry.name!r} failed")
+            self.counts[(entry.name, other, "retried")] += 1
+            return self._route_to(entry, other, client, request, headers, target, out,
+                                  policy, fill, None, tls, retry=False)
 
-    async def _resolve(self, name: str) -> _Entry | Refusal:
-        lock = self._locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(name)
-            now = time.monotonic()
-            if entry is not None and now - entry.checked < self.config.recheck:
-                return entry
-            assert self._signal is not None
-            try:
-                owner = (await self._signal.name("lookup", name)).owner
-            except MeshError:
-                return Refusal(502, "mesh gateway: lost its signaling server; retry shortly")
-            if entry is not None and entry.owner == owner:
-                entry.checked = now
-                return entry
-            if entry is not None:  # released, or now held by another key
-                await self._forget(entry)
-            if owner is None:
-                return Refusal(404, f"mesh gateway: no share is published as {name!r}")
-            made = await self._connect(name, owner)
-            if isinstance(made, _Entry):
-                self._entries[name] = made
-            return made
-
-    async def _drop(self, name: str, entry: _Entry) -> None:
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            if self._entries.get(name) is entry:
-                await self._forget(entry)
-
-    async def _forget(self, entry: _Entry) -> None:
-        self._entries.pop(entry.name, None)
-        self._tunnels.discard(entry.tunnel)
-        await entry.tunnel.close()
-
-    async def _connect(self, name: str, owner: str) -> _Entry | Refusal:
-        cfg = self.config
-        assert self._signal is not None
-        session = secrets.token_hex(12)
-        reply: asyncio.Future[tuple[str, dict[str, Any]]] = (
-            asyncio.get_running_loop().create_future())
-        self._waiting[session] = reply
-        try:
-            blob = seal_envelope(self.identity, owner, "pubreq", session, {"name": name},
-                                 time.time())
-            sent = await self._signal.send(owner, blob)
-            both: set[asyncio.Future[Any]] = {reply, sent}
-            done, _ = await asyncio.wait(both, timeout=cfg.resolve_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if reply not in done and sent in done and sent.exception() is not None:
-                exc = sent.exception()
-                if isinstance(exc, PeerUnreachable):
-                    return Refusal(502, f"mesh gateway: the share {name!r} is offline")
-                return Refusal(502, f"mesh gateway: cannot reach the share {name!r}")
-            if reply not in done:
-                with contextlib.suppress(asyncio.TimeoutError, MeshError):
-                    await asyncio.wait_for(reply, cfg.resolve_timeout)
-            if not reply.done():
-                return Refusal(502, f"mesh gateway: the share {name!r} did not answer")
-        except MeshError:
-            return Refusal(502, f"mesh gateway: cannot reach the share {name!r}")
-        finally:
-            self._waiting.pop(session, None)
-        kind, body = reply.result()
-        if kind != "publish":
-            return Refusal(404, f"mesh gateway: no share is published as {name!r}")
-        try:
-            tk = ticket_mod.decode(str(body.get("ticket", "")), now=time.time())
-            auth_text = body.get("auth")
-            auth = check_basic_auth(auth_text, "auth") if isinstance(auth_text, str) else None
-        except (MeshError, ValueError):
-            return Refusal(502, f"mesh gateway: the share {name!r} sent a bad ticket")
-        if tk.node_id != owner:
-            return Refusal(502, f"mesh gateway: the share {name!r} sent another key's ticket")
-        if not tk.tcp:
-            return Refusal(502, f"mesh gateway: the share {name!r} carries UDP only")
-        tunnel = Tunnel(ConnectConfig(
-            ticket=tk, listen=False, signal_urls=cfg.signal_urls, control_socket=False,
-            wait_for_path=cfg.resolve_timeout, use_lan_hints=False, ice=cfg.ice,
-        ), identity=self.identity, on_event=self._tunnel_event(name), signal=self._signal)
-        self._tunnels.add(tunnel)
-        try:
-            await tunnel.start()
-        except MeshError as exc:
-            self._tunnels.discard(tunnel)
-            await tunnel.close()
-            return Refusal(502, f"mesh gateway: the share {name!r} did not connect: {exc}")
-        return _Entry(name, owner, tunnel, auth, time.monotonic(),
-                      TokenBucket(cfg.rate_per_share, cfg.burst_per_share))
-
-    def _tunnel_event(self, name: str) -> events.OnEvent:
-        def forward(event: events.Event) -> None:
-            if isinstance(event, events.Connected | events.Disconnected | events.Warning
-                          | events.Resumed):
-                self.emit(event)
-        return forward
-
+        link = entry.links[node]
+        return Route(key=f"{entry.name}@{node}", opener=link.tunnel.open_stream,
+                     target=target, headers=out, peer=entry.name, release=release,
+                     report=report, retry=again if retry else None,
+                     respond=Chain(filters) if filters else None, member=node)
 
 class _Caller:
     """The gateway's ``Role`` for one caller's connection."""
@@ -407,7 +370,7 @@ class _Caller:
     def __init__(self, gateway: Gateway, client: str, tls: bool) -> None:
         self.gateway, self.client, self.tls = gateway, client, tls
 
-    async def route(self, request: h11.Request, headers: Headers) -> Route | Refusal:
+    async def route(self, request: h11.Request, headers: Headers) -> Route | Answer | Refusal:
         return await self.gateway.route(self.client, request, headers, self.tls)
 
     def upstream_failed(self, text: str) -> None:

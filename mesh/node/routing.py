@@ -46,3 +46,16 @@ def route_name(host: bytes | None, target: bytes, domain: str) -> tuple[str, byt
         if valid_name(label):
             return label, target
     return None
+
+
+def cookie_value(headers: list[tuple[bytes, bytes]], name: str) -> str | None:
+    """The value of cookie ``name`` in the request's ``Cookie`` headers, or None."""
+    wanted = name.encode()
+    for k, v in headers:
+        if k != b"cookie":
+            continue
+        for part in v.split(b";"):
+            key, sep, value = part.strip().partition(b"=")
+            if sep and key == wanted:
+                return value.strip().decode("latin-1")
+    return None
