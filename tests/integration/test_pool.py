@@ -1,0 +1,318 @@
+"""Pools through the real CLI: one public name served by several `mesh share` processes.
+
+`mesh signal` (the gateway's key pinned), `mesh gateway` with the flags under
+test, and per member a poolservice.py and `mesh share --public --name web`,
+each in its own MESH_HOME; the owner admits the others with `mesh name add`.
+Clients are plain http.client connections to the gateway with Host
+web.mesh.test. Which member served what is read from the services' own logs.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import http.client
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Mesh, Proc
+
+SERVICE = Path(__file__).with_name("poolservice.py")
+DOMAIN = "mesh.test"
+OPEN = ("--rate-per-client", "100000", "--rate-per-share", "100000", "--burst", "100000",
+        "--max-requests-per-client", "1000", "--max-streams-per-share", "1000")
+
+
+@dataclass
+class Member:
+    home: str
+    node: str
+    log: Path
+    service: subprocess.Popen[str]
+    port: int
+    share: Proc | None = None
+
+
+@dataclass
+class Pool:
+    mesh: Mesh
+    url: str
+    gw_host: str
+    gw_port: int
+    gateway: Proc
+    members: dict[str, Member] = field(default_factory=dict)
+
+    def node_id(self, home: str) -> str:
+        out = self.mesh.run("id", "--json", home=home)
+        return str(json.loads(out.stdout)["node_id"])
+
+    def member(self, home: str, name: str = "web", *, admit: bool = True) -> Member:
+        """Start HOME's service and `mesh share --public`; the owner (the first) admits
+        each later one first."""
+        log = self.mesh.tmp / f"{home}.log"
+        svc = subprocess.Popen([sys.executable, str(SERVICE), home, str(log)],
+                               stdout=subprocess.PIPE, text=True)
+        assert svc.stdout is not None
+        port = int(svc.stdout.readline())
+        node = self.node_id(home)
+        m = Member(home, node, log, svc, port)
+        if self.members and admit:
+            owner = next(iter(self.members.values()))
+            added = self.name("add", name, node, home=owner.home)
+            assert added.returncode == 0, added.stderr
+        self.members[home] = m
+        self.start_share(m, name)
+        return m
+
+    def start_share(self, m: Member, name: str = "web") -> None:
+        m.share = self.mesh.start("share", str(m.port), "--public", "--name", name,
+                                  "--signal", self.url, "--no-inspect", "--json", home=m.home)
+        m.share.event("public", timeout=30)
+
+    def name(self, *args: str, home: str) -> subprocess.CompletedProcess[str]:
+        return self.mesh.run("name", *args, "--signal", self.url, "--json", home=home)
+
+    def call(self, method: str, path: str, headers: dict[str, str] | None = None,
+             body: bytes | None = None, conn: http.client.HTTPConnection | None = None,
+             host: str = f"web.{DOMAIN}") -> tuple[int, dict[str, str], bytes]:
+        own = conn is None
+        c = conn or http.client.HTTPConnection(self.gw_host, self.gw_port, timeout=60)
+        try:
+            c.request(method, path, body=body, headers={"Host": host, **(headers or {})})
+            resp = c.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            if own:
+                c.close()
+
+    def gateway_requests(self) -> list[dict[str, Any]]:
+        """The gateway's `request` events so far."""
+        while True:
+            try:
+                line = self.gateway.lines.get(timeout=0.5)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.gateway.events.append(json.loads(line))
+        return [e for e in self.gateway.events if e.get("event") == "request"]
+
+    def served(self) -> list[dict[str, Any]]:
+        rows = []
+        for m in self.members.values():
+            if m.log.exists():
+                rows += [json.loads(line) for line in m.log.read_text().splitlines()]
+        return rows
+
+    def close(self) -> None:
+        for m in self.members.values():
+            m.service.kill()
+            m.service.wait()
+
+
+@pytest.fixture
+def pool_lab(mesh: Mesh) -> Iterator[Any]:
+    made: list[Pool] = []
+
+    def start(*gateway_flags: str) -> Pool:
+        gw_id = json.loads(mesh.run("id", "--json", home="gw").stdout)["node_id"]
+        sig = mesh.start("signal", "--port", "0", "--stun-port", "0", "--gateway", gw_id,
+                         "--json", home="signal")
+        url = str(sig.event("ready")["url"])
+        gw = mesh.start("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--signal",
+                        url, "--json", *OPEN, *gateway_flags, home="gw")
+        ready = gw.event("ready", timeout=30)
+        host, port = ready["url"].split("://")[1].rsplit(":", 1)
+        pool = Pool(mesh, url, host, int(port), gw)
+        made.append(pool)
+        return pool
+
+    yield start
+    for pool in made:
+        pool.close()
+
+
+def spread(rows: list[dict[str, Any]], path: str) -> collections.Counter[str]:
+    return collections.Counter(r["member"] for r in rows if r["path"].startswith(path))
+
+
+def test_membership_is_the_owners_and_only_members_publish(pool_lab: Any) -> None:
+    pool: Pool = pool_lab()
+    a = pool.member("alice")
+    b_node = pool.node_id("bob")
+    # nobody but the owner may change the pool, and a key outside it cannot publish
+    res = pool.name("add", "web", b_node, home="bob")
+    assert res.returncode == 7, res
+    (line,) = res.stdout.strip().splitlines()
+    assert json.loads(line)["event"] == "error"
+    assert "does not hold the public name 'web'" in json.loads(line)["message"]
+    res = pool.mesh.run("name", "add", "web", b_node, "--signal", pool.url, home="bob")
+    (line,) = res.stderr.strip().splitlines()
+    assert res.returncode == 7 and "only its holder may change its members" in line
+    stranger = pool.mesh.run("share", "1", "--public", "--name", "web", "--signal", pool.url,
+                             "--no-inspect", "--json", home="mallory", timeout=60)
+    assert stranger.returncode == 7 and "belongs to another node key" in stranger.stdout
+    res = pool.name("add", "web", "not-a-node-id", home="alice")
+    assert res.returncode == 2 and "is not a node id" in res.stdout
+    res = pool.name("show", "nothing-here", home="alice")
+    assert res.returncode != 0 and "no key holds the public name" in res.stdout
+
+    b = pool.member("bob")
+    shown = json.loads(pool.name("show", "web", home="carol").stdout)
+    assert shown["event"] == "members" and shown["owner"] == a.node
+    assert shown["members"] == [b.node] and sorted(shown["online"]) == sorted([a.node, b.node])
+    whom = {pool.call("GET", "/who")[2] for _ in range(20)}
+    assert whom == {b"alice", b"bob"}
+
+    removed = json.loads(pool.name("remove", "web", b.node, home="alice").stdout)
+    assert removed["members"] == []
+    # bob's share can no longer claim the name: a restart is refused
+    assert b.share is not None
+    b.share.stop()
+    again = pool.mesh.run("share", str(b.port), "--public", "--name", "web", "--signal",
+                          pool.url, "--no-inspect", "--json", home="bob", timeout=60)
+    assert again.returncode == 7
+    human = pool.mesh.run("name", "show", "web", "--signal", pool.url, home="alice").stdout
+    assert "owner" in human and a.node in human and "no other members" in human
+
+
+def test_three_members_share_600_gets_from_20_clients(pool_lab: Any) -> None:
+    pool: Pool = pool_lab()
+    for home in ("m1", "m2", "m3"):
+        pool.member(home)
+
+    def client(c: int) -> list[int]:
+        conn = http.client.HTTPConnection(pool.gw_host, pool.gw_port, timeout=60)
+        try:
+            return [pool.call("GET", f"/who?c={c}&r={r}", conn=conn)[0] for r in range(30)]
+        finally:
+            conn.close()
+
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        statuses = [s for batch in ex.map(client, range(20)) for s in batch]
+    assert statuses.count(200) == 600
+    counts = spread(pool.served(), "/who?")
+    assert sum(counts.values()) == 600
+    for member in ("m1", "m2", "m3"):
+        assert 0.23 <= counts[member] / 600 <= 0.43, counts
+
+
+def test_a_killed_member_fails_no_get_and_runs_no_post_twice(pool_lab: Any) -> None:
+    pool: Pool = pool_lab()
+    for home in ("f1", "f2", "f3"):
+        pool.member(home)
+    stop = threading.Event()
+    failures: list[str] = []
+    posts: collections.Counter[str] = collections.Counter()
+
+    def client(c: int) -> int:
+        conn = http.client.HTTPConnection(pool.gw_host, pool.gw_port, timeout=60)
+        done = 0
+        try:
+            while not stop.is_set() and done < 400:
+                if done % 5 == 4:
+                    order = f"{c}-{done}"
+                    status, _, _ = pool.call("POST", "/order", {"X-Order": order}, b"x" * 100,
+                                             conn=conn)
+                    posts[order] = status
+                else:
+                    status, _, body = pool.call("GET", f"/slow?ms=20&c={c}", conn=conn)
+                    if status != 200:
+                        failures.append(f"GET {status} {body[:80]!r}")
+                done += 1
+                if status >= 500:  # the gateway closed this connection with the error
+                    conn.close()
+                    conn = http.client.HTTPConnection(pool.gw_host, pool.gw_port, timeout=60)
+        finally:
+            conn.close()
+        return done
+
+    with concurrent.futures.ThreadPoolExecutor(10) as ex:
+        running = [ex.submit(client, c) for c in range(10)]
+        time.sleep(3)
+        victim = pool.members["f2"]
+        assert victim.share is not None
+        victim.share.p.send_signal(signal.SIGKILL)
+        victim.share.p.wait()
+        time.sleep(15)  # past the gateway noticing (8 s of silence) and retrying
+        stop.set()
+        total = sum(f.result() for f in running)
+    assert total > 100 and failures == [], failures[:5]
+    # each POST ran at most once across the members, failed or not
+    ran = collections.Counter(r["order"] for r in pool.served() if r["method"] == "POST")
+    assert ran and max(ran.values()) == 1
+    assert all(posts[o] in (201, 502, 504) for o in posts)
+    assert all(ran[o] == 1 for o, status in posts.items() if status == 201)
+    # the GETs caught on the killed member went to another one: the gateway says so
+    logged = pool.gateway_requests()
+    retried = [e for e in logged if e["retries"]]
+    assert retried and all(e["status"] == 200 and e["path"].startswith("/slow")
+                           for e in retried), retried[:3]
+    assert {e["member"] for e in logged if e["member"]} == {
+        m.node for m in pool.members.values()}
+
+    # the member comes back after a restart, and gets requests again
+    before = spread(pool.served(), "/slow").get("f2", 0)
+    pool.start_share(victim)
+    deadline = time.monotonic() + 60
+    while spread(pool.served(), "/slow").get("f2", 0) == before:
+        assert time.monotonic() < deadline, "the restarted member got no request"
+        assert pool.call("GET", "/slow?ms=1")[0] == 200
+        time.sleep(0.2)
+
+
+def test_sticky_cookie_and_header_hash(pool_lab: Any) -> None:
+    pool: Pool = pool_lab("--balance", "cookie")
+    for home in ("s1", "s2", "s3"):
+        pool.member(home)
+    status, headers, first = pool.call("GET", "/who")
+    cookie = headers["set-cookie"].split(";")[0]
+    assert status == 200 and cookie.startswith("mesh-member=") and "HttpOnly" in headers[
+        "set-cookie"]
+    assert {pool.call("GET", "/who", {"Cookie": cookie})[2] for _ in range(30)} == {first}
+    # without the cookie the requests spread
+    assert len({pool.call("GET", "/who")[2] for _ in range(30)}) > 1
+    pool.gateway.stop()
+
+    hashed: Pool = pool_lab_restart(pool, "--balance", "hash:X-User")
+    for user in ("ann", "ben", "cy", "dee"):
+        got = {hashed.call("GET", "/who", {"X-User": user})[2] for _ in range(10)}
+        assert len(got) == 1, (user, got)
+    users = {hashed.call("GET", "/who", {"X-User": f"user{i}"})[2] for i in range(40)}
+    assert len(users) == 3  # different values land on different members
+
+
+def pool_lab_restart(pool: Pool, *flags: str) -> Pool:
+    """Another gateway (same key, same signaling) in front of the same pool."""
+    gw = pool.mesh.start("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--signal",
+                         pool.url, "--json", *OPEN, *flags, home="gw")
+    ready = gw.event("ready", timeout=30)
+    host, port = ready["url"].split("://")[1].rsplit(":", 1)
+    return Pool(pool.mesh, pool.url, host, int(port), gw, pool.members)
+
+
+def test_health_probes_eject_a_sick_member_and_take_it_back(pool_lab: Any) -> None:
+    pool: Pool = pool_lab("--health-path", "/healthz", "--health-interval", "0.5")
+    for home in ("h1", "h2"):
+        pool.member(home)
+    assert {pool.call("GET", "/who")[2] for _ in range(20)} == {b"h1", b"h2"}
+    sick = pool.members["h2"]
+    Path(str(sick.log) + ".sick").write_text("")
+    time.sleep(2)
+    assert {pool.call("GET", "/who")[2] for _ in range(20)} == {b"h1"}
+    Path(str(sick.log) + ".sick").unlink()
+    deadline = time.monotonic() + 40
+    while b"h2" not in {pool.call("GET", "/who")[2] for _ in range(10)}:
+        assert time.monotonic() < deadline, "the healed member never came back"
+        time.sleep(0.5)
