@@ -31,6 +31,7 @@ from mesh.proto import frames as p
 from mesh.proto import names
 from mesh.proto.identity import verify
 from mesh.proto.limits import ConnectionCounter, TokenBucket
+from mesh.proto.metrics import render as render_metrics
 
 from .broker import Broker, MemoryBroker, TooManySessions
 from .names import NameRules
@@ -265,9 +266,7 @@ class SignalServer:
         ]
         for reason, count in sorted(self.rejections.items()):
             lines.append(f'mesh_signal_rejections_total{{reason="{reason}"}} {count}')
-        for name, value in sorted((self.extra_metrics() if self.extra_metrics else {}).items()):
-            kind = "counter" if name.endswith("_total") else "gauge"
-            lines += [f"# TYPE {name} {kind}", f"{name} {value:g}"]
+        lines += render_metrics(self.extra_metrics() if self.extra_metrics else {})
         return web.Response(text="\n".join(lines) + "\n",
                             content_type="text/plain", charset="utf-8")
 

@@ -168,6 +168,8 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
               help="Open connections per client address (503 and closed beyond).")
 @click.option("--body-timeout", default=10.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a request body may stay silent (408 beyond).")
+@click.option("--metrics", "metrics_listen", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus /metrics (pools, members, cache) here.")
 @edge_options
 @acme_options
 @json_option
@@ -177,13 +179,17 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
                 max_streams_per_share: int, share_timeout: float,
                 max_requests_per_client: int, max_conns_per_client: int, body_timeout: float,
                 acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
-                http_listen: str, as_json: bool, **edge: Any) -> None:
+                http_listen: str, metrics_listen: str | None, as_json: bool,
+                **edge: Any) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
     from mesh.node.config import GatewayConfig
     from mesh.proto.names import parse_hostport
 
     def build() -> GatewayConfig:
         host, port = parse_hostport(listen, "--listen", default_host="0.0.0.0")
+        metrics_host, metrics_port = (parse_hostport(metrics_listen, "--metrics",
+                                                     default_host="127.0.0.1")
+                                      if metrics_listen else (None, 0))
         return GatewayConfig(
             domain=domain, signal_urls=environ.signal_urls(signal_urls), host=host, port=port,
             tls_cert=tls_cert, tls_key=tls_key, public_url=public_url, max_body=max_body,
@@ -192,6 +198,7 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
             max_streams_per_share=max_streams_per_share, share_timeout=share_timeout,
             max_requests_per_client=max_requests_per_client,
             max_conns_per_client=max_conns_per_client, body_timeout=body_timeout,
+            metrics_host=metrics_host, metrics_port=metrics_port,
             **acme_fields(acme_email, acme_directory, acme_ca_bundle, http_listen),
             **edge_fields(**edge))
 
@@ -282,10 +289,9 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
                                on_event=lambda e: None if isinstance(
                                    e, events.GatewayReady) else out(e)) as running:
                 sc = server.signal.config
-                certs = running.certs
-                if certs is not None:  # ACME counters on the server's /metrics
-                    server.signal.extra_metrics = _chain(server.signal.extra_metrics,
-                                                         certs.metrics)
+                # the gateway's pools, cache and ACME counters on the server's /metrics
+                server.signal.extra_metrics = _chain(server.signal.extra_metrics,
+                                                     running.metrics)
                 out(events.Serving(shown, running.url, domain, identity.node_id,
                                    list(sc.stun_urls), list(sc.turn_urls)))
                 await forever()

@@ -236,9 +236,10 @@ class Chain:
         return tail
 
 
-def render(filt: ResponseFilter, status: int, headers: Headers, body: bytes) -> Answer:
+def render(filt: ResponseFilter, status: int, headers: Headers, body: bytes,
+           cache: str = "hit") -> Answer:
     """A whole stored response run through ``filt`` (a cache hit)."""
     status, out = filt.head(status, headers)
     data = filt.data(body) + filt.end()
     out = [(k, v) for k, v in out if k != b"content-length"]
-    return Answer(status, out, data, filt.cache)
+    return Answer(status, out, data, cache)

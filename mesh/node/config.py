@@ -281,6 +281,9 @@ class GatewayConfig:
     """Megabytes of HTTP cache (0: no cache)."""
     cache_debug: bool = False
     """Send ``X-Cache: HIT|MISS|REVALIDATED``."""
+    metrics_host: str | None = None
+    metrics_port: int = 0
+    """``--metrics HOST:PORT``: Prometheus ``/metrics`` of the gateway (None: off)."""
     ice: IceSettings = field(default_factory=ice_from_env)
 
     def __post_init__(self) -> None:
@@ -311,6 +314,9 @@ class GatewayConfig:
                 and not any(c in self.health_path for c in " \r\n\0")):
             raise ConfigError(f"--health-path {self.health_path!r} must be a path starting "
                               "with /")
+        if self.metrics_host is not None:
+            names.check_host(self.metrics_host, "--metrics")
+            names.check_port(self.metrics_port, "--metrics", zero_ok=True)
         if not 0 <= self.cache_size <= 64 * 1024:
             raise ConfigError("--cache-size is megabytes, 0 (off) to 65536")
         if not self.signal_urls:

@@ -53,6 +53,8 @@ from mesh.http.route import Answer, ResponseFilter, Route
 from mesh.proto.envelope import Opener
 from mesh.proto.identity import Identity
 from mesh.proto.limits import ConnectionCounter
+from mesh.proto.metrics import label
+from mesh.proto.metrics import render as render_metrics
 from mesh.transport.duplex import TcpDuplex
 
 from . import environ, events
@@ -82,6 +84,8 @@ class Gateway:
         self._signal: SignalClient | None = None
         self._server: asyncio.Server | None = None
         self._plain: asyncio.Server | None = None
+        self._metrics: asyncio.Server | None = None
+        self.metrics_port = 0
         self.certs: CertManager | None = None
         """Automatic certificates (``--acme-email``), served by SNI."""
         self._opener = Opener(self.identity, frozenset({"publish", "reject"}))
@@ -102,6 +106,36 @@ class Gateway:
         """Open requests per client address."""
         self._conns = ConnectionCounter(config.max_conns_per_client)
         """Open connections per client address."""
+
+    def metrics(self) -> dict[str, float]:
+        """For ``/metrics``: each name's pool and members, the cache, ACME."""
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        for name, entry in self.upstreams.names.items():
+            out[label("mesh_gateway_pool_members", name=name)] = len(entry.pool.members)
+            out[label("mesh_gateway_pool_online", name=name)] = len(entry.up())
+            for node, member in entry.pool.members.items():
+                tag = {"name": name, "member": node}
+                out[label("mesh_gateway_member_up", **tag)] = float(node in entry.up())
+                out[label("mesh_gateway_member_ejected", **tag)] = float(
+                    not member.health.usable(now))
+                out[label("mesh_gateway_member_outstanding", **tag)] = member.outstanding
+                out[label("mesh_gateway_member_ejections_total", **tag)] = (
+                    member.health.ejections)
+        for (name, node, outcome), count in self.counts.items():
+            out[label("mesh_gateway_member_requests_total", name=name, member=node,
+                      outcome=outcome)] = count
+        if self.cache is not None:
+            c = self.cache
+            for result, count in (("hit", c.hits), ("miss", c.misses),
+                                  ("revalidated", c.revalidated)):
+                out[label("mesh_gateway_cache_requests_total", result=result)] = count
+            out["mesh_gateway_cache_bytes"] = c.used
+            out["mesh_gateway_cache_entries"] = len(c)
+            out["mesh_gateway_cache_evictions_total"] = c.evictions
+        if self.certs is not None:
+            out.update(self.certs.metrics())
+        return out
 
     def emit(self, event: events.Event) -> None:
         with contextlib.suppress(Exception):
@@ -139,11 +173,15 @@ class Gateway:
                 None, "the gateway's HTTP address", "--http-listen HOST:PORT")
             self.http_port = int(self._plain.sockets[0].getsockname()[1])
             self.certs.start()
+        if cfg.metrics_host is not None:
+            await self._serve_metrics(cfg.metrics_host, cfg.metrics_port)
         scheme = "https" if context else "http"
         shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
         self.url = f"{scheme}://{shown}:{self.port}"
         await self._announce()
-        self.emit(events.GatewayReady(self.url, self.identity.node_id, cfg.domain))
+        metrics = (f"http://{cfg.metrics_host}:{self.metrics_port}/metrics"
+                   if cfg.metrics_host is not None else None)
+        self.emit(events.GatewayReady(self.url, self.identity.node_id, cfg.domain, metrics))
         return self.url
 
     def public_base(self) -> str:
@@ -179,6 +217,26 @@ class Gateway:
                 raise AddressInUse(f"{what} {where} is taken; use {flag}") from exc
             raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from exc
 
+    async def _serve_metrics(self, host: str, port: int) -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+                line = await asyncio.wait_for(reader.readline(), 5)
+                path = line.split(b" ")[1] if line.count(b" ") >= 2 else b""
+                if path == b"/metrics":
+                    body = ("\n".join(render_metrics(self.metrics())) + "\n").encode()
+                    head = b"200 OK\r\ncontent-type: text/plain; version=0.0.4"
+                else:
+                    body = b"only /metrics here\n"
+                    head = b"404 Not Found\r\ncontent-type: text/plain"
+                writer.write(b"HTTP/1.1 " + head + f"\r\ncontent-length: {len(body)}\r\n"
+                             "connection: close\r\n\r\n".encode() + body)
+                await writer.drain()
+            writer.close()
+
+        self._metrics = await self._listen(handler, host, port, None,
+                                           "the gateway's metrics address", "--metrics HOST:PORT")
+        self.metrics_port = int(self._metrics.sockets[0].getsockname()[1])
+
     async def _is_public(self, name: str) -> bool:
         """A certificate is ordered only for a name a public share holds right now."""
         return isinstance(await self.upstreams.resolve(name), Name)
@@ -188,6 +246,8 @@ class Gateway:
             await self.certs.close()
         if self._plain is not None:
             self._plain.close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._server is not None:
             self._server.close()
         await self.upstreams.close()

@@ -74,10 +74,14 @@ class GatewayReady(Event):
     url: str
     node_id: str
     domain: str
+    metrics_url: str | None = None
+    """``--metrics``: where Prometheus reads the gateway's pools and cache."""
 
     def human(self) -> str:
+        metrics = f"; metrics at {self.metrics_url}" if self.metrics_url else ""
         return (f"mesh gateway for *.{self.domain} listening on {self.url} "
-                f"(node {self.node_id}; pin it with `mesh signal --gateway {self.node_id}`)")
+                f"(node {self.node_id}; pin it with `mesh signal --gateway {self.node_id}`"
+                f"{metrics})")
 
 
 @dataclass(frozen=True)

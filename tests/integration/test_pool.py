@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,14 @@ class Pool:
     gw_port: int
     gateway: Proc
     members: dict[str, Member] = field(default_factory=dict)
+    metrics_url: str = ""
+
+    def metrics(self) -> dict[str, float]:
+        """The gateway's /metrics, parsed: {series: value}."""
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as resp:
+            text = resp.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line and not line.startswith("#")}
 
     def node_id(self, home: str) -> str:
         out = self.mesh.run("id", "--json", home=home)
@@ -131,13 +140,15 @@ def pool_lab(mesh: Mesh) -> Iterator[Any]:
                          "--json", home="signal")
         url = str(sig.event("ready")["url"])
         gw = mesh.start("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--signal",
-                        url, "--json", *OPEN, *gateway_flags, home="gw")
+                        url, "--json", "--metrics", "127.0.0.1:0", *OPEN, *gateway_flags,
+                        home="gw")
         ready = gw.event("ready", timeout=30)
         host, port = ready["url"].split("://")[1].rsplit(":", 1)
-        pool = Pool(mesh, url, host, int(port), gw)
+        pool = Pool(mesh, url, host, int(port), gw, metrics_url=ready["metrics_url"])
         made.append(pool)
         return pool
 
+    start.tmp = mesh.tmp  # type: ignore[attr-defined]
     yield start
     for pool in made:
         pool.close()
@@ -206,6 +217,14 @@ def test_three_members_share_600_gets_from_20_clients(pool_lab: Any) -> None:
     assert sum(counts.values()) == 600
     for member in ("m1", "m2", "m3"):
         assert 0.23 <= counts[member] / 600 <= 0.43, counts
+    # the gateway's /metrics agree: three members online, each one's share of the 600
+    seen = pool.metrics()
+    assert seen['mesh_gateway_pool_online{name="web"}'] == 3
+    assert seen['mesh_gateway_pool_members{name="web"}'] == 3
+    for home, m in pool.members.items():
+        key = f'mesh_gateway_member_requests_total{{name="web",member="{m.node}",outcome="ok"}}'
+        assert seen[key] == counts[home]
+        assert seen[f'mesh_gateway_member_up{{name="web",member="{m.node}"}}'] == 1
 
 
 def test_a_killed_member_fails_no_get_and_runs_no_post_twice(pool_lab: Any) -> None:
@@ -316,3 +335,119 @@ def test_health_probes_eject_a_sick_member_and_take_it_back(pool_lab: Any) -> No
     while b"h2" not in {pool.call("GET", "/who")[2] for _ in range(10)}:
         assert time.monotonic() < deadline, "the healed member never came back"
         time.sleep(0.5)
+
+
+def test_routes_send_paths_and_hosts_to_names_with_prefix_strip(pool_lab: Any) -> None:
+    text = """
+[[route]]
+host = "shop.example.com"
+path = "/api/"
+name = "api"
+strip = true
+
+[[route]]
+host = "shop.example.com"
+name = "web"
+"""
+    file = Path(pool_lab_tmp(pool_lab)) / "routes.toml"
+    file.write_text(text)
+    pool = pool_lab("--routes", str(file))
+    pool.member("webby", "web")
+    pool.member("apiary", "api", admit=False)
+    status, _, body = pool.call("GET", "/api/orders?id=7", host="shop.example.com")
+    assert (status, body) == (200, b"apiary /orders?id=7")
+    assert pool.call("GET", "/api", host="shop.example.com")[2] == b"apiary /"
+    assert pool.call("GET", "/apix", host="shop.example.com")[2] == b"webby /apix"
+    assert pool.call("GET", "/who", host="shop.example.com")[2] == b"webby"
+    # no rule for this host: the usual NAME.DOMAIN routing
+    assert pool.call("GET", "/api/x", host=f"api.{DOMAIN}")[2] == b"apiary /api/x"
+    bad = Path(pool_lab_tmp(pool_lab)) / "bad.toml"
+    bad.write_text('[[route]]\nname = "web"\n\n[[route]]\npath = "api/"\nname = "api"\n')
+    res = pool.mesh.run("gateway", "--domain", DOMAIN, "--listen", "127.0.0.1:0", "--signal",
+                        pool.url, "--routes", str(bad), home="gw2")
+    assert res.returncode == 2
+    (line,) = res.stderr.strip().splitlines()
+    assert f"{bad}:5: path 'api/' must be a prefix starting with /" in line
+
+
+def pool_lab_tmp(pool_lab: Any) -> Path:
+    return Path(pool_lab.tmp)
+
+
+def test_compression_headers_and_cors_at_the_gateway(pool_lab: Any) -> None:
+    pool: Pool = pool_lab("--compress", "--security-headers", "--header", "X-Served-By: mesh",
+                          "--cors", "https://app.example")
+    pool.member("zip")
+    got = subprocess.run(["curl", "-sS", "--compressed", "-D", "-", "-H",
+                          f"Host: web.{DOMAIN}", f"http://{pool.gw_host}:{pool.gw_port}/page"],
+                         capture_output=True, timeout=30)
+    head, _, body = got.stdout.partition(b"\r\n\r\n")
+    assert got.returncode == 0 and b"content-encoding: gzip" in head.lower()
+    plain = pool.call("GET", "/page")[2]  # no Accept-Encoding: as the service sent it
+    assert body == plain and b"row 599" in body
+    raw = pool.call("GET", "/page", {"Accept-Encoding": "gzip"})
+    assert raw[1]["content-encoding"] == "gzip" and len(raw[2]) < len(plain) / 5
+    assert raw[1]["x-content-type-options"] == "nosniff" and raw[1]["x-served-by"] == "mesh"
+    assert "strict-transport-security" not in raw[1]  # plain HTTP: no HSTS
+    binary = pool.call("GET", "/plain.bin", {"Accept-Encoding": "gzip"})
+    assert "content-encoding" not in binary[1] and len(binary[2]) == 4096
+    # CORS: the preflight never reaches the service
+    before = len(pool.served())
+    status, headers, _ = pool.call("OPTIONS", "/api", {
+        "Origin": "https://app.example", "Access-Control-Request-Method": "PUT"})
+    assert status == 204 and headers["access-control-allow-origin"] == "https://app.example"
+    assert pool.call("OPTIONS", "/api", {"Origin": "https://evil.example",
+                                         "Access-Control-Request-Method": "PUT"})[0] == 403
+    assert len(pool.served()) == before
+    status, headers, _ = pool.call("GET", "/who", {"Origin": "https://app.example"})
+    assert headers["access-control-allow-origin"] == "https://app.example"
+
+
+def test_the_cache_serves_hits_keeps_variants_apart_and_stays_bounded(pool_lab: Any) -> None:
+    pool: Pool = pool_lab("--cache-size", "2", "--cache-header")
+    pool.member("cache")
+    conn = http.client.HTTPConnection(pool.gw_host, pool.gw_port, timeout=30)
+    answers = [pool.call("GET", "/cached", conn=conn) for _ in range(100)]
+    conn.close()
+    assert {a[2] for a in answers} == {b"hit 1"}
+    assert answers[0][1]["x-cache"] == "MISS" and answers[1][1]["x-cache"] == "HIT"
+    assert int(answers[-1][1]["age"]) >= 0
+    assert len([r for r in pool.served() if r["path"] == "/cached"]) == 1
+    # Vary: Accept-Encoding keeps the gzip and identity variants apart
+    zipped = pool.call("GET", "/vary", {"Accept-Encoding": "gzip"})
+    ident = pool.call("GET", "/vary")
+    assert zipped[1]["content-encoding"] == "gzip" and "content-encoding" not in ident[1]
+    assert pool.call("GET", "/vary", {"Accept-Encoding": "gzip"})[1]["x-cache"] == "HIT"
+    assert pool.call("GET", "/vary")[2] == ident[2]
+    assert len([r for r in pool.served() if r["path"] == "/vary"]) == 2
+    # Authorization and Set-Cookie answers are never stored
+    for path, headers in (("/auth", {"Authorization": "Bearer one"}), ("/cookie", {})):
+        for _ in range(3):
+            assert pool.call("GET", path, headers)[1]["x-cache"] == "MISS"
+        assert len([r for r in pool.served() if r["path"] == path]) == 3
+    # revalidation: no-cache + ETag asks the service, which answers 304
+    first = pool.call("GET", "/etag")
+    second = pool.call("GET", "/etag")
+    assert (first[2], second[2]) == (b"validated body", b"validated body")
+    assert second[1]["x-cache"] == "REVALIDATED"
+    # 200 distinct 64 KiB answers (12.5 MiB) through a 2 MiB cache: the gateway's memory
+    # stays bounded and the newest answers are hits
+    rss = []
+    for i in range(200):
+        pool.call("GET", f"/big?kb=64&i={i}")
+        if i % 50 == 49:
+            rss.append(pool.gateway.peak_rss_kb())
+    assert pool.call("GET", "/big?kb=64&i=199")[1]["x-cache"] == "HIT"
+    assert pool.call("GET", "/big?kb=64&i=0")[1]["x-cache"] == "MISS"
+    assert rss[-1] - rss[0] < 8 * 1024, rss  # under 8 MiB of growth after warm-up
+    # an unsafe request to a target drops what is stored for it
+    pool.call("POST", "/cached", {"X-Order": "x"}, b"")
+    assert pool.call("GET", "/cached")[1]["x-cache"] == "MISS"
+    seen = pool.metrics()
+    assert seen['mesh_gateway_cache_requests_total{result="hit"}'] >= 100
+    assert seen['mesh_gateway_cache_requests_total{result="revalidated"}'] == 1
+    assert 0 < seen["mesh_gateway_cache_bytes"] <= 2 * 1024 * 1024
+    assert seen["mesh_gateway_cache_evictions_total"] > 100
+    logged = [e for e in pool.gateway_requests() if e["path"] == "/cached"]
+    assert [e["cache"] for e in logged[:3]] == ["miss", "hit", "hit"]
+    assert all(e["member"] for e in logged if e["cache"] != "hit")
