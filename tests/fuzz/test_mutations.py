@@ -24,6 +24,7 @@ from mesh.proto import stream as streamproto
 from mesh.proto import ticket as tk
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity, seal
+from mesh.proto.roster import RosterError, parse_roster, sign_roster
 from mesh.proto.sctp import chunks as c
 from mesh.proto.sctp.association import ESTABLISHED
 from mesh.proto.sctp.channels import DataChannels, Ended
@@ -100,12 +101,31 @@ def test_envelopes_from_strangers_and_from_peers() -> None:
     run(inner())
 
 
+ROSTER = sign_roster(ME, "hooks", {Identity.from_seed(b"m" * 32).node_id}, 4).encode()
+
+
+def test_rosters() -> None:
+    """A roster is remote input (the tier hands it on): mutated, it parses or is refused,
+    and a mutation that still parses is still signed by its owner."""
+    parsed = 0
+    for text in json_cases([json.loads(ROSTER)], scaled(3_000), 5):
+        CASES["n"] += 1
+        try:
+            got = parse_roster(text)
+        except RosterError:
+            continue
+        parsed += 1
+        assert got.owner == ME.node_id and got.name == "hooks"
+    assert parsed >= 1  # the seed itself
+
+
 @pytest.mark.parametrize("side", ["client", "server"])
 def test_signaling_frames(side: str) -> None:
     payload = base64.b64encode(b"x" * 40).decode()
     client = [{"type": "register", "node": ME.node_id, "sig": base64.b64encode(b"s" * 64)
                .decode()}, {"type": "send", "to": ME.node_id, "payload": payload, "ref": 3},
               {"type": "ping"}, {"type": "name", "op": "claim", "name": "hooks", "ref": 1},
+              {"type": "name", "op": "members", "name": "hooks", "ref": 2, "roster": ROSTER},
               {"type": "gateway", "domain": "x.test", "url": "https://x.test"}]
     server = [{"type": "hello", "version": 1, "nonce": payload},
               {"type": "registered", "node": ME.node_id, "ice_servers": [{"urls": ["stun:x"]}],
@@ -114,7 +134,7 @@ def test_signaling_frames(side: str) -> None:
               {"type": "pong"}, {"type": "name", "op": "lookup", "name": "hooks",
                                  "owner": ME.node_id, "gateway": {"node": ME.node_id,
                                                                   "domain": "d", "url": "u"},
-                                 "ref": 1}]
+                                 "ref": 1, "roster": ROSTER, "online": [ME.node_id]}]
     parse = sp.parse_client_frame if side == "client" else sp.parse_server_frame
 
     def cases() -> object:

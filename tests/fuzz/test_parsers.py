@@ -85,8 +85,9 @@ def test_envelope_signed_nonsense(inner_text: str) -> None:
 
 @fuzz(1_500)
 @given(st.text(max_size=300) | frames_like(
-    ["type", "node", "sig", "to", "payload", "ref", "op", "name", "domain", "url"],
-    ["register", "send", "ping", "name", "gateway", "claim", "release", "lookup", "hooks"]))
+    ["type", "node", "sig", "to", "payload", "ref", "op", "name", "domain", "url", "roster"],
+    ["register", "send", "ping", "name", "gateway", "claim", "release", "lookup", "hooks",
+     "members"]))
 def test_signaling_client_frames(text: str) -> None:
     CASES["n"] += 1
     with contextlib.suppress(sp.FrameError):
@@ -96,8 +97,9 @@ def test_signaling_client_frames(text: str) -> None:
 @fuzz(1_000)
 @given(st.text(max_size=300) | frames_like(
     ["type", "nonce", "version", "node", "ice_servers", "from", "payload", "code", "message",
-     "ref", "instance", "op", "name", "owner", "gateway"],
-    ["hello", "registered", "deliver", "error", "pong", "name", "claim", "lookup", "hooks"]))
+     "ref", "instance", "op", "name", "owner", "gateway", "roster", "online"],
+    ["hello", "registered", "deliver", "error", "pong", "name", "claim", "lookup", "hooks",
+     "members"]))
 def test_signaling_server_frames(text: str) -> None:
     CASES["n"] += 1
     with contextlib.suppress(sp.FrameError):

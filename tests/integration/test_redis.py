@@ -173,3 +173,25 @@ def test_a_burst_of_envelopes_is_routed_not_dropped(redis_url: str) -> None:
 
     counts, delivered = asyncio.run(run())
     assert counts == {"ok": 400} and delivered == 400, counts
+
+
+def test_pools_are_held_tier_wide(redis_url: str) -> None:
+    """The pool rules of tests/unit/test_roster.py on two instances of one Redis tier:
+    a roster stored through one is what the other enforces (the Lua scripts)."""
+    import asyncio
+
+    from signaling.redis_broker import RedisBroker
+    from tests.unit.test_roster import pool_rules
+
+    async def run() -> None:
+        a, b = RedisBroker(redis_url, "a"), RedisBroker(redis_url, "b")
+        await a.start()
+        await b.start()
+        try:
+            await pool_rules(a, b)
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(run())
+    assert redis.Redis.from_url(redis_url).hget("mesh:rosters:seq", "web") == b"1"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from mesh.proto import frames as p
 from mesh.proto.identity import Identity
 from mesh.proto.roster import MAX_MEMBERS, RosterError, parse_roster, roster_for, sign_roster
-from signaling.broker import MemoryBroker
+from signaling.broker import Broker, MemoryBroker
 from signaling.naming import name_op
 
 OWNER, B, C = (Identity.from_seed(bytes([i]) * 32) for i in (1, 2, 3))
@@ -78,42 +78,44 @@ def test_name_frames_carry_the_roster_and_who_is_online() -> None:
                                          "owner": None, "gateway": None, "online": ["x"]}))
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+async def pool_rules(broker: Broker, other: Broker) -> None:
+    """The server's pool rules; ``other`` is another instance of the same tier (or the
+    same broker): what one stores, the other enforces."""
+    assert isinstance(await name_op(broker, OWNER.node_id, "claim", "web", None),
+                      p.NameResult)
+    # B may not claim yet, nor store a roster (its own or the owner's)
+    assert (await name_op(other, B.node_id, "claim", "web", None))[0] == "name-taken"
+    mine = sign_roster(B, "web", {C.node_id}, 1).encode()
+    assert (await name_op(broker, B.node_id, "members", "web", mine))[0] == "not-owner"
+    good = sign_roster(OWNER, "web", {B.node_id}, 1).encode()
+    assert (await name_op(broker, B.node_id, "members", "web", good))[0] == "not-owner"
+    # the owner storing a roster signed by someone else is refused too
+    assert (await name_op(broker, OWNER.node_id, "members", "web", mine))[0] == "bad-roster"
+    stored = await name_op(broker, OWNER.node_id, "members", "web", good)
+    assert isinstance(stored, p.NameResult) and stored.roster == good
+    claimed = await name_op(other, B.node_id, "claim", "web", None)
+    assert isinstance(claimed, p.NameResult) and claimed.owner == OWNER.node_id
+    assert claimed.roster == good
+    assert (await name_op(other, C.node_id, "claim", "web", None))[0] == "name-taken"
+    # an older roster is not replayed over a newer one
+    removed = sign_roster(OWNER, "web", set(), 2).encode()
+    assert isinstance(await name_op(broker, OWNER.node_id, "members", "web", removed),
+                      p.NameResult)
+    assert (await name_op(other, OWNER.node_id, "members", "web", good))[0] == "stale-roster"
+    assert (await name_op(other, B.node_id, "claim", "web", None))[0] == "name-taken"
+    # releasing the name drops its pool
+    await name_op(broker, OWNER.node_id, "members", "web",
+                  sign_roster(OWNER, "web", {B.node_id}, 3).encode())
+    await name_op(broker, OWNER.node_id, "release", "web", None)
+    looked = await name_op(other, C.node_id, "lookup", "web", None)
+    assert isinstance(looked, p.NameResult) and looked.roster is None
+    assert looked.owner is None and looked.online == ()
+    # a new holder starts a new pool from seq 1
+    await name_op(other, C.node_id, "claim", "web", None)
+    fresh = sign_roster(C, "web", {B.node_id}, 1).encode()
+    assert isinstance(await name_op(broker, C.node_id, "members", "web", fresh), p.NameResult)
 
 
 def test_the_server_rules_only_the_owner_changes_members_and_members_may_claim() -> None:
-    async def go() -> None:
-        broker = MemoryBroker()
-        assert isinstance(await name_op(broker, OWNER.node_id, "claim", "web", None),
-                          p.NameResult)
-        # B may not claim yet, nor store a roster (its own or the owner's)
-        assert (await name_op(broker, B.node_id, "claim", "web", None))[0] == "name-taken"
-        mine = sign_roster(B, "web", {C.node_id}, 1).encode()
-        assert (await name_op(broker, B.node_id, "members", "web", mine))[0] == "not-owner"
-        good = sign_roster(OWNER, "web", {B.node_id}, 1).encode()
-        assert (await name_op(broker, B.node_id, "members", "web", good))[0] == "not-owner"
-        # the owner storing a roster signed by someone else is refused too
-        assert (await name_op(broker, OWNER.node_id, "members", "web", mine))[0] == \
-            "bad-roster"
-        stored = await name_op(broker, OWNER.node_id, "members", "web", good)
-        assert isinstance(stored, p.NameResult) and stored.roster == good
-        claimed = await name_op(broker, B.node_id, "claim", "web", None)
-        assert isinstance(claimed, p.NameResult) and claimed.owner == OWNER.node_id
-        assert (await name_op(broker, C.node_id, "claim", "web", None))[0] == "name-taken"
-        # an older roster is not replayed over a newer one
-        removed = sign_roster(OWNER, "web", set(), 2).encode()
-        assert isinstance(await name_op(broker, OWNER.node_id, "members", "web", removed),
-                          p.NameResult)
-        assert (await name_op(broker, OWNER.node_id, "members", "web", good))[0] == \
-            "stale-roster"
-        assert (await name_op(broker, B.node_id, "claim", "web", None))[0] == "name-taken"
-        # releasing the name drops its pool
-        await name_op(broker, OWNER.node_id, "members", "web",
-                      sign_roster(OWNER, "web", {B.node_id}, 3).encode())
-        await name_op(broker, OWNER.node_id, "release", "web", None)
-        looked = await name_op(broker, C.node_id, "lookup", "web", None)
-        assert isinstance(looked, p.NameResult) and looked.roster is None
-        assert looked.owner is None and looked.online == ()
-
-    run(go())
+    broker = MemoryBroker()
+    asyncio.run(pool_rules(broker, broker))
