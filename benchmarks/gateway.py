@@ -10,7 +10,13 @@ a small HTTP service (tests/integration/httpservice.py), `mesh share --public
   directly to the service (the floor), through `mesh connect` (peer to peer),
   and through the gateway; p50/p99 and the latency each adds over direct;
 - throughput: ``--clients`` keep-alive clients for ``--seconds`` through the
-  gateway and through `mesh connect`: requests per second.
+  gateway and through `mesh connect`: requests per second;
+- pools: one public name served by 1, 2 then 3 `mesh share` processes (each
+  with its own tests/integration/poolservice.py, admitted with `mesh name
+  add`): req/s through the gateway for each size, and the ratio to 1 member;
+- the cache (`--cache-size`): GET of a `max-age=60` answer, a hit after the
+  first, against the same service's uncached answer through the same gateway:
+  req/s and p50 each, and the ratios.
 
 The gateway's per-client and per-share rate limits are raised for the run
 (they are what a real deployment tunes). JSON and a markdown table go to
@@ -21,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +63,8 @@ def main() -> None:
         gateway = mesh.start("gateway", "--domain", "mesh.test", "--listen", "127.0.0.1:0",
                              "--signal", url, "--rate-per-client", "100000",
                              "--rate-per-share", "100000", "--burst", "100000",
-                             "--max-streams-per-share", "1024", "--json", home="gw")
+                             "--max-streams-per-share", "1024", "--max-requests-per-client",
+                             "1024", "--cache-size", "16", "--json", home="gw")
         gw_port = int(gateway.event("ready")["url"].rsplit(":", 1)[1])
         share = mesh.start("share", str(service_port), "--signal", url, "--name", "bench",
                            "--public", "--no-inspect", "--json", home="sharer")
@@ -68,6 +77,7 @@ def main() -> None:
         lat = {name: http_latency(port, args.requests, h) for name, (port, h) in ports.items()}
         rps = {name: http_rps(port, args.clients, args.seconds, h)
                for name, (port, h) in ports.items()}
+        pools = pool_figures(mesh, url, gw_port, gateway.p.pid, tmp, args)
     finally:
         mesh.close()
         service.terminate()
@@ -95,11 +105,114 @@ def main() -> None:
         "|---|---|---|---|---|---|", *rows, "",
         f"gateway adds {results['gateway_added_over_mesh_connect_p50_ms']:.2f} ms (p50) "
         "over `mesh connect`"])
+    results["pool"] = pools
+    table += "\n\n" + pool_table(pools, args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gateway.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "gateway.md").write_text(table + "\n")
     print(table)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pool_figures(mesh: Mesh, url: str, gw_port: int, gw_pid: int, tmp: Path,
+                 args: argparse.Namespace) -> dict[str, Any]:
+    """req/s for a pool of 1, 2 and 3 members, and the cache-hit path against a miss."""
+    host = "pool.mesh.test"
+    services = []
+    figures: dict[str, Any] = {"members": {}, "cpu": {}}
+    shares: list[int] = []
+    try:
+        owner_id = ""
+        for i in range(3):
+            home = f"member{i}"
+            svc = subprocess.Popen([sys.executable, str(ROOT / "tests/integration/poolservice.py"),
+                                    home, str(tmp / f"{home}.jsonl")],
+                                   stdout=subprocess.PIPE, text=True)
+            services.append(svc)
+            assert svc.stdout is not None
+            port = int(svc.stdout.readline())
+            node = json.loads(mesh.run("id", "--json", home=home).stdout)["node_id"]
+            if i == 0:
+                owner_id = node
+            else:
+                added = mesh.run("name", "add", "pool", node, "--signal", url, home="member0")
+                assert added.returncode == 0, added.stderr
+            share = mesh.start("share", str(port), "--signal", url, "--name", "pool",
+                               "--public", "--no-inspect", "--json", home=home)
+            share.event("public")
+            shares.append(share.p.pid)
+            # the gateway re-reads the pool as soon as a listed member has no tunnel
+            deadline = time.monotonic() + 30
+            while len(served_by(mesh, gw_port, host)) < i + 1:
+                assert time.monotonic() < deadline, "the new member got no request"
+            before = [cpu_seconds(pid) for pid in (gw_pid, *shares)]
+            t0 = time.monotonic()
+            figures["members"][str(i + 1)] = round(
+                http_rps(gw_port, args.clients, args.seconds, host, "/who"), 1)
+            spent = time.monotonic() - t0
+            used = [(cpu_seconds(pid) - b) / spent for pid, b in zip((gw_pid, *shares), before,
+                                                                     strict=True)]
+            figures["cpu"][str(i + 1)] = {"gateway": round(used[0], 2),
+                                          "busiest_member": round(max(used[1:]), 2)}
+        figures["owner"] = owner_id
+        one = figures["members"]["1"]
+        figures["members_vs_1"] = {k: round(v / one, 3) for k, v in figures["members"].items()}
+        miss = http_latency(gw_port, args.requests, host, "/who")
+        hit = http_latency(gw_port, args.requests, host, "/cached")
+        figures["cache"] = {
+            "miss_p50_ms": round(statistics.median(miss), 3),
+            "hit_p50_ms": round(statistics.median(hit), 3),
+            "miss_rps": figures["members"]["3"],
+            "hit_rps": round(http_rps(gw_port, args.clients, args.seconds, host, "/cached"), 1),
+        }
+        c = figures["cache"]
+        c["hit_rps_vs_miss"] = round(c["hit_rps"] / c["miss_rps"], 3)
+        c["hit_p50_vs_miss"] = round(c["hit_p50_ms"] / c["miss_p50_ms"], 3)
+    finally:
+        for svc in services:
+            svc.terminate()
+            svc.wait(5)
+    return figures
+
+
+def served_by(mesh: Mesh, gw_port: int, host: str) -> set[str]:
+    import http.client
+    seen = set()
+    for _ in range(12):
+        conn = http.client.HTTPConnection("127.0.0.1", gw_port, timeout=30)
+        conn.request("GET", "/who", headers={"Host": host})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status == 200:
+            seen.add(body.decode())
+        conn.close()
+    return seen
+
+
+def pool_table(pools: dict[str, Any], args: argparse.Namespace) -> str:
+    rows = [f"| {n} | {rps:.0f} | {pools['members_vs_1'][n]:.2f} | "
+            f"{pools['cpu'][n]['gateway']:.2f} | {pools['cpu'][n]['busiest_member']:.2f} |"
+            for n, rps in pools["members"].items()]
+    c = pools["cache"]
+    return "\n".join([
+        f"One public name served by a pool: GET /who, {args.clients} clients for "
+        f"{args.seconds:g} s (every process on this machine's cores)", "",
+        "| members | req/s | vs 1 member | gateway CPU (cores) | busiest member CPU |",
+        "|---|---|---|---|---|", *rows, "",
+        f"this machine has {os.cpu_count()} cores: a pool scales while the gateway has CPU "
+        "to spare", "",
+        "The gateway's cache: a max-age=60 answer (hits) against an uncached one (3 members)",
+        "", "| path | p50 ms | req/s |", "|---|---|---|",
+        f"| miss (forwarded) | {c['miss_p50_ms']:.2f} | {c['miss_rps']:.0f} |",
+        f"| hit (gateway) | {c['hit_p50_ms']:.2f} | {c['hit_rps']:.0f} |", "",
+        f"hits: {c['hit_rps_vs_miss']:.2f}x the req/s, {c['hit_p50_vs_miss']:.2f}x the p50 "
+        "of a forwarded request"])
 
 
 if __name__ == "__main__":

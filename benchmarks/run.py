@@ -287,13 +287,14 @@ def rss_kb(pid: int, field_name: str = "VmRSS") -> int:
     return 0
 
 
-def http_latency(port: int, n: int, host: str | None = None) -> list[float]:
-    """``n`` sequential GET /hello on one keep-alive connection (after 20 warm-ups), ms."""
+def http_latency(port: int, n: int, host: str | None = None, path: str = "/hello"
+                 ) -> list[float]:
+    """``n`` sequential GET ``path`` on one keep-alive connection (after 20 warm-ups), ms."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     out = []
     for i in range(n + 20):
         t0 = time.perf_counter()
-        conn.request("GET", "/hello", headers={"Host": host or f"127.0.0.1:{port}"})
+        conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{port}"})
         resp = conn.getresponse()
         resp.read()
         if resp.status != 200:
@@ -305,15 +306,15 @@ def http_latency(port: int, n: int, host: str | None = None) -> list[float]:
 
 
 def http_rps(port: int, clients: int = 8, seconds: float = 3.0,
-             host: str | None = None) -> float:
-    """GET /hello answered 200 per second, ``clients`` keep-alive clients at once."""
+             host: str | None = None, path: str = "/hello") -> float:
+    """GET ``path`` answered 200 per second, ``clients`` keep-alive clients at once."""
     stop = time.monotonic() + seconds
 
     def client(_: int) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         done = 0
         while time.monotonic() < stop:
-            conn.request("GET", "/hello", headers={"Host": host or f"127.0.0.1:{port}"})
+            conn.request("GET", path, headers={"Host": host or f"127.0.0.1:{port}"})
             resp = conn.getresponse()
             resp.read()
             done += resp.status == 200

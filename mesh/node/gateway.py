@@ -298,7 +298,10 @@ class Gateway:
         self.emit(events.Request.from_exchange(ex))
 
     async def route(self, client: str, request: h11.Request, headers: Headers,
-                    tls: bool = False) -> Route | Answer | Refusal:
+                    tls: bool = False, last: dict[str, str] | None = None
+                    ) -> Route | Answer | Refusal:
+        """``last``: the member each name's previous request on this client connection
+        went to (kept up to date here)."""
         cfg = self.config
         now = time.monotonic()
         if self.certs is not None and request.target.startswith(CHALLENGE):
@@ -339,8 +342,9 @@ class Gateway:
         cookie = cookie_value(headers, COOKIE) if entry.pool.mode == "cookie" else None
         mode = entry.pool.mode
         key = header(headers, mode[5:].lower().encode()) if mode.startswith("hash:") else None
+        last = {} if last is None else last
         node = entry.pool.pick(entry.up(), now, key=None if key is None else
-                               key.decode("latin-1"), cookie=cookie)
+                               key.decode("latin-1"), cookie=cookie, prefer=last.get(name))
         if node is None:
             return Refusal(502, f"mesh gateway: the share {name!r} is offline")
         link = entry.links[node]
@@ -376,13 +380,14 @@ class Gateway:
             fill = None
         if self.cache is not None and request.method in UNSAFE:
             self.cache.invalidate(cache_key)
+        last[name] = node
         return self._route_to(entry, node, client, request, headers, target, out, policy,
-                              fill, cookie, tls, retry=True)
+                              fill, cookie, tls, retry=True, last=last)
 
     def _route_to(self, entry: Name, node: str, client: str, request: h11.Request,
                   headers: Headers, target: bytes, out: Headers, policy: EdgePolicy,
                   fill: CacheFill | None, cookie: str | None, tls: bool,
-                  retry: bool) -> Route:
+                  retry: bool, last: dict[str, str]) -> Route:
         extra: Headers = []
         if entry.pool.mode == "cookie" and cookie != member_token(node):
             secure = "; Secure" if tls else ""
@@ -415,8 +420,9 @@ class Gateway:
             if other is None:
                 return Refusal(502, f"mesh gateway: every member of {entry.name!r} failed")
             self.counts[(entry.name, other, "retried")] += 1
+            last[entry.name] = other
             return self._route_to(entry, other, client, request, headers, target, out,
-                                  policy, fill, None, tls, retry=False)
+                                  policy, fill, None, tls, retry=False, last=last)
 
         link = entry.links[node]
         return Route(key=f"{entry.name}@{node}", opener=link.tunnel.open_stream,
@@ -429,9 +435,10 @@ class _Caller:
 
     def __init__(self, gateway: Gateway, client: str, tls: bool) -> None:
         self.gateway, self.client, self.tls = gateway, client, tls
+        self.last: dict[str, str] = {}
 
     async def route(self, request: h11.Request, headers: Headers) -> Route | Answer | Refusal:
-        return await self.gateway.route(self.client, request, headers, self.tls)
+        return await self.gateway.route(self.client, request, headers, self.tls, self.last)
 
     def upstream_failed(self, text: str) -> None:
         pass

@@ -4,7 +4,10 @@ A public name with a roster (mesh/proto/roster.py) is served by several node
 keys. For each request the gateway asks ``Pool.pick`` for one member among those
 whose tunnel is up:
 
-- ``least`` (default): fewest outstanding requests, ties in turn;
+- ``least`` (default): fewest outstanding requests, ties in turn; a client
+  connection keeps its member (``prefer``) while that one has at most
+  ``SLACK`` more outstanding than the least loaded, so its keep-alive stream
+  through the tunnel is reused instead of a new one per request;
 - ``round-robin``: each in turn;
 - ``hash:HEADER``: rendezvous hashing of the header's value, so one value keeps
   its member while the pool changes (members joining or leaving move only the
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
 EJECT_5XX = 3
+SLACK = 1
 COOKIE = "mesh-member"
 MODES = ("least", "round-robin", "cookie")
 
@@ -119,10 +123,12 @@ class Pool:
             self.member(node)
 
     def pick(self, up: Iterable[str], now: float, *, key: str | None = None,
-             cookie: str | None = None, avoid: Iterable[str] = ()) -> str | None:
+             cookie: str | None = None, avoid: Iterable[str] = (),
+             prefer: str | None = None) -> str | None:
         """The member for one request among ``up`` (their tunnels are up), or None.
         ``key``: the hash header's value; ``cookie``: the sticky cookie's value;
-        ``avoid``: members already tried for this request."""
+        ``avoid``: members already tried for this request; ``prefer``: the member the
+        client connection used last (``least`` keeps it if it is not busier)."""
         skip = set(avoid)
         ready = [self.member(n) for n in sorted(set(up)) if n not in skip]
         if not ready:
@@ -138,6 +144,9 @@ class Pool:
         if self.mode == "round-robin":
             return healthy[turn % len(healthy)].node
         fewest = min(m.outstanding for m in healthy)
+        for m in healthy:
+            if m.node == prefer and m.outstanding <= fewest + SLACK:
+                return m.node
         tied = [m for m in healthy if m.outstanding == fewest]
         return tied[turn % len(tied)].node
 

@@ -114,3 +114,16 @@ def test_retry_avoids_the_member_that_failed_and_the_roster_can_shrink() -> None
                                      ("hash:a b", False), ("random", False)])
 def test_balance_modes(mode: str, ok: bool) -> None:
     assert (check_balance(mode) is None) == ok
+
+
+def test_least_keeps_a_connections_member_unless_it_is_busier() -> None:
+    pool = Pool("least")
+    pool.keep(NODES)
+    assert {pool.pick(NODES, 0.0, prefer="b") for _ in range(10)} == {"b"}
+    pool.started("b")  # one more than the others: still within the slack
+    assert pool.pick(NODES, 0.0, prefer="b") == "b"
+    pool.started("b")
+    assert pool.pick(NODES, 0.0, prefer="b") in {"a", "c"}
+    rr = Pool("round-robin")
+    rr.keep(NODES)
+    assert [rr.pick(NODES, 0.0, prefer="b") for _ in range(3)] == ["a", "b", "c"]
