@@ -89,7 +89,8 @@ def connect(ticket_or_name: str, *, port: int = 0, signal: str | Sequence[str] |
 
     async def make() -> Tunnel:
         ticket, by_name = ((given, False) if given is not None
-                           else await resolve(ticket_or_name, time.time()))
+                           else await resolve(ticket_or_name, time.time(),
+                                              signal_urls=urls, identity=identity))
         config = ConnectConfig(ticket=ticket, port=port, signal_urls=urls, by_name=by_name,
                                control_socket=control_socket, **options)
         return Tunnel(config, identity=identity, on_event=on_event)

@@ -209,7 +209,7 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
         from mesh.node.connect import Tunnel
         from mesh.node.discovery import resolve
 
-        parsed, by_name = await resolve(ticket, time.time())
+        parsed, by_name = await resolve(ticket, time.time(), signal_urls=urls)
         config = ConnectConfig(ticket=parsed, signal_urls=urls, by_name=by_name, **options)
         async with Tunnel(config, on_event=out):
             await forever()

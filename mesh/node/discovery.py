@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from mesh.errors import ConfigError
 from mesh.proto import ticket as ticket_mod
 from mesh.proto.advert import SERVICE, Advert, make_properties, open_secret, verify_properties
 from mesh.proto.identity import Identity
+from mesh.proto.names import valid_name
 from mesh.proto.ticket import Ticket
 
 from . import environ
@@ -119,9 +121,12 @@ async def browse(seconds: float = 2.0) -> list[Advert]:
     return sorted(found.values(), key=lambda a: (a.name, a.node_id))
 
 
-async def resolve(target: str, now: float, browse_seconds: float = 2.0) -> tuple[Ticket, bool]:
-    """A ticket from a ticket string, or from a share found on the LAN by name or node-id
-    prefix (at least 4 characters). Returns (ticket, found_by_name).
+async def resolve(target: str, now: float, browse_seconds: float = 2.0,
+                  signal_urls: Sequence[str] = (), identity: Identity | None = None
+                  ) -> tuple[Ticket, bool]:
+    """A ticket from a ticket string; or, given ``signal_urls``, from one online machine
+    serving the public name (poolconnect.py); or from a share found on the LAN by name
+    or node-id prefix (at least 4 characters). Returns (ticket, found_by_name on the LAN).
 
     An advert is anybody's to send, so a name cannot hijack a node-id prefix: when
     the name matches one share and the prefix another, both are listed and nothing
@@ -130,6 +135,14 @@ async def resolve(target: str, now: float, browse_seconds: float = 2.0) -> tuple
     if ticket_mod.looks_like_ticket(target) or target.strip().lower().startswith(
             ticket_mod.PREFIX):
         return ticket_mod.decode(target, now=now), False
+    if signal_urls and valid_name(target.strip()):
+        from .home import load_or_create
+        from .poolconnect import ticket_by_name
+
+        found = await ticket_by_name(target.strip(), list(signal_urls),
+                                     identity or load_or_create(), now)
+        if found is not None:
+            return found, False
     if not environ.lan_enabled():
         ticket_mod.decode(target)  # LAN discovery is off: it must be a ticket (raises)
     needle = target.strip()

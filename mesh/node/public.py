@@ -6,7 +6,9 @@ after every reconnection, and answers the gateway's sealed ``pubreq`` with a
 sealed ``publish`` carrying its ticket, but only when it is public, holds the
 name, and the asker is the gateway the tier names (pinned by the operator with
 ``mesh signal --gateway``). Any other asker gets ``reject``. A member of the
-name's pool (``mesh name add``, mesh/proto/roster.py) does the same.
+name's pool (``mesh name add``, mesh/proto/roster.py) does the same. A
+``connreq`` (``mesh connect NAME --signal URL``, poolconnect.py) gets the ticket
+only if the share's ``--allow`` lists the asker's key.
 """
 
 from __future__ import annotations
@@ -69,12 +71,18 @@ class Publisher:
         return public_urls(result.gateway, self.name)
 
     async def answer(self, via: SignalClient, sender: str, session: str,
-                     body: dict[str, Any], ticket: str, reply: Reply) -> None:
-        """The gateway asks for this share's ticket."""
+                     body: dict[str, Any], ticket: str, reply: Reply,
+                     allow: frozenset[str] | None = None, connect: bool = False) -> None:
+        """The gateway asks for this share's ticket (``pubreq``), or, with ``connect``, a
+        peer running ``mesh connect NAME`` (``connreq``, poolconnect.py): that one gets
+        it only if ``allow`` lists its key."""
         if body.get("name") != self.name:
             return  # another share under this node key
         reason = None
-        if not self.public:
+        if connect and (allow is None or sender not in allow):
+            reason = ("this share does not admit your key by name; ask its owner to add "
+                      "it with --allow")
+        elif not self.public:
             reason = "this share is not public"
         else:
             try:
@@ -86,11 +94,13 @@ class Publisher:
             if result.owner != self.node_id and (pool is None
                                                  or self.node_id not in pool.members):
                 reason = "this node does not hold the name and is not in its pool"
-            elif result.gateway is None or result.gateway["node"] != sender:
+            elif not connect and (result.gateway is None or result.gateway["node"] != sender):
                 reason = "you are not the gateway of this signaling server"
         if reason is not None:
             await reply(via, sender, "reject", session, {"reason": reason})
             return
-        self.gateway = sender
-        auth = f"{self.auth[0]}:{self.auth[1]}" if self.auth else None
+        if not connect:
+            self.gateway = sender
+        # the gateway enforces --public-auth; a peer connecting directly does not need it
+        auth = f"{self.auth[0]}:{self.auth[1]}" if self.auth and not connect else None
         await reply(via, sender, "publish", session, {"ticket": ticket, "auth": auth})

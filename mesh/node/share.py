@@ -91,7 +91,7 @@ class Share:
         self.started = time.monotonic()
         self.publisher = Publisher(config.name, self.identity.node_id, config.public,
                                    config.public_auth, self.emit)
-        self._opener = Opener(self.identity, frozenset({"offer", "bye", "pubreq"}))
+        self._opener = Opener(self.identity, frozenset({"offer", "bye", "pubreq", "connreq"}))
         self._signal: SignalClient | None = None
         self._signals: list[SignalClient] = []
         self._lan_server: SignalServer | None = None
@@ -317,9 +317,10 @@ class Share:
         except EnvelopeError as exc:
             log.info("dropped envelope from %s: %s", sender[:8], exc)
             return
-        if env.kind == "pubreq":
+        if env.kind in ("pubreq", "connreq"):
             self.spawn(self.publisher.answer(via, env.sender, env.session, env.body,
-                                              self.ticket, self._reply))
+                                              self.ticket, self._reply, self.config.allow,
+                                              connect=env.kind == "connreq"))
             return
         if env.kind == "bye":
             peer = self.peers.get(env.session)

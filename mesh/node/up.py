@@ -102,7 +102,9 @@ class Up:
     async def _connect_config(self, entry: ConnectEntry) -> ConnectConfig:
         config = replace(entry.config, control_socket=False)
         if entry.lan_name:  # find its share now
-            ticket, by_name = await resolve(entry.target, time.time())
+            ticket, by_name = await resolve(entry.target, time.time(),
+                                            signal_urls=config.signal_urls,
+                                            identity=self.identity)
             config = replace(config, ticket=ticket, by_name=by_name)
         return config
 

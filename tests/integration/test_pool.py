@@ -66,7 +66,8 @@ class Pool:
         out = self.mesh.run("id", "--json", home=home)
         return str(json.loads(out.stdout)["node_id"])
 
-    def member(self, home: str, name: str = "web", *, admit: bool = True) -> Member:
+    def member(self, home: str, name: str = "web", *, admit: bool = True,
+               extra: tuple[str, ...] = ()) -> Member:
         """Start HOME's service and `mesh share --public`; the owner (the first) admits
         each later one first."""
         log = self.mesh.tmp / f"{home}.log"
@@ -81,12 +82,13 @@ class Pool:
             added = self.name("add", name, node, home=owner.home)
             assert added.returncode == 0, added.stderr
         self.members[home] = m
-        self.start_share(m, name)
+        self.start_share(m, name, extra)
         return m
 
-    def start_share(self, m: Member, name: str = "web") -> None:
+    def start_share(self, m: Member, name: str = "web", extra: tuple[str, ...] = ()) -> None:
         m.share = self.mesh.start("share", str(m.port), "--public", "--name", name,
-                                  "--signal", self.url, "--no-inspect", "--json", home=m.home)
+                                  "--signal", self.url, "--no-inspect", "--json", *extra,
+                                  home=m.home)
         m.share.event("public", timeout=30)
 
     def name(self, *args: str, home: str) -> subprocess.CompletedProcess[str]:
@@ -451,3 +453,40 @@ def test_the_cache_serves_hits_keeps_variants_apart_and_stays_bounded(pool_lab: 
     logged = [e for e in pool.gateway_requests() if e["path"] == "/cached"]
     assert [e["cache"] for e in logged[:3]] == ["miss", "hit", "hit"]
     assert all(e["member"] for e in logged if e["cache"] != "hit")
+
+
+def test_mesh_connect_by_name_gets_an_online_member(pool_lab: Any) -> None:
+    pool: Pool = pool_lab()
+    laptop = pool.node_id("laptop")
+    for home in ("c1", "c2"):
+        pool.member(home, extra=("--allow", laptop))
+
+    def connect(home: str) -> tuple[Proc, int]:
+        proc = pool.mesh.start("connect", "web", "--signal", pool.url, "--json", home=home)
+        return proc, int(proc.event("listening", timeout=60)["port"])
+
+    first, port = connect("laptop")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/who")
+    who = conn.getresponse().read().decode()
+    conn.close()
+    assert who in ("c1", "c2")
+    first.stop()
+    # that member goes away: the next connect gets the other one
+    gone = pool.members[who]
+    assert gone.share is not None
+    gone.share.stop()
+    second, port = connect("laptop")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/who")
+    assert conn.getresponse().read().decode() == ({"c1", "c2"} - {who}).pop()
+    conn.close()
+    second.stop()
+    # a key no member admits gets one line and exit 5, naming what to do
+    res = pool.mesh.run("connect", "web", "--signal", pool.url, home="stranger", timeout=60)
+    assert res.returncode == 5, res
+    (line,) = res.stderr.strip().splitlines()
+    assert "gave this key a ticket" in line and "--allow" in line
+    res = pool.mesh.run("connect", "nobody-holds-this", "--signal", pool.url, home="laptop",
+                        timeout=60)
+    assert res.returncode != 0 and "\n" not in res.stderr.strip()
