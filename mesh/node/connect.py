@@ -333,6 +333,9 @@ class Tunnel:
             self._lost(aid, f"peer connection {state}")
 
     def _lost(self, aid: int, reason: str) -> None:
+        lost = self._links.get(aid)
+        if lost is not None:
+            lost.lost = True
         if not self._closed and self._machine.link == aid:
             self._machine.lost(reason, self._now())
             self._drive()
@@ -368,10 +371,10 @@ class Tunnel:
 
     async def _close_link(self, old: Link) -> None:
         """Close a connection once nothing uses it: at once when streams resume (they
-        moved with ``_move_streams``); else streams opened on it before an upgrade finish
-        there (at most an hour)."""
+        moved with ``_move_streams``) or when it was lost (its streams end with it); else
+        streams opened on it before an upgrade finish there (at most an hour)."""
         deadline = time.monotonic() + 3600
-        while old.streams > 0 and old.peer.state == "connected" and (
+        while old.streams > 0 and old.peer.state == "connected" and not old.lost and (
                 time.monotonic() < deadline and not self._closed):
             await asyncio.sleep(1.0)
         old.pump.close()

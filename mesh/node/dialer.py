@@ -46,6 +46,8 @@ class Link:
     def __init__(self, peer: Peer, pump: ControlPump, info: PathInfo, session: str) -> None:
         self.peer, self.pump, self.info, self.session = peer, pump, info, session
         self.streams = 0
+        self.lost = False
+        """The sharer stopped answering on it: streams on it cannot finish."""
 
     @property
     def rtt_ms(self) -> float | None:
