@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ from .config import ConnectConfig, GatewayConfig
 from .connect import Tunnel
 from .pool import Pool
 from .signal_client import SignalClient
+
+log = logging.getLogger("mesh.gateway")
 
 RETRY = 2.0
 """Seconds between attempts to reach a member listed online whose tunnel is down."""
@@ -74,6 +77,8 @@ class Name:
     tried: float = 0.0
     """When members without a tunnel were last tried."""
     health_task: asyncio.Task[None] | None = None
+    refresh: asyncio.Future[Name | Refusal] | None = None
+    """A background re-check in progress."""
 
     def up(self) -> list[str]:
         return [n for n, link in self.links.items() if link.tunnel.up]
@@ -91,17 +96,29 @@ class Upstreams:
         self.tunnels: set[Tunnel] = set()
 
     async def resolve(self, name: str) -> Name | Refusal:
-        """The name's members, connected (at least the ones that answer), or why not."""
+        """The name's members, connected (at least the ones that answer), or why not.
+        While some member is up, the re-check and the retry of members without a tunnel
+        run in the background: a member that does not answer delays no request."""
+        now = time.monotonic()
+        entry = self.names.get(name)
+        if entry is not None and entry.up():
+            stale = now - entry.checked >= self.config.recheck
+            missing = any(n not in entry.up() for n in entry.online)
+            if (stale or (missing and now - entry.tried >= RETRY)) and (
+                    entry.refresh is None or entry.refresh.done()):
+                entry.tried = now
+                entry.refresh = asyncio.ensure_future(self._refresh(name))
+                entry.refresh.add_done_callback(_quiet)
+            return entry
+        return await self._refresh(name)
+
+    async def _refresh(self, name: str) -> Name | Refusal:
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             now = time.monotonic()
             entry = self.names.get(name)
-            stale = entry is None or now - entry.checked >= self.config.recheck
-            missing = entry is not None and any(
-                n not in entry.up() for n in entry.online) and now - entry.tried >= RETRY
-            if not stale and not missing:
-                assert entry is not None
-                return entry
+            if entry is not None and entry.up() and now - entry.checked < 0.5:
+                return entry  # refreshed while this one waited for the lock
             try:
                 result = await self._signal().name("lookup", name)
             except MeshError:
@@ -156,6 +173,8 @@ class Upstreams:
             del self.names[entry.name]
         if entry.health_task is not None:
             entry.health_task.cancel()
+        if entry.refresh is not None and entry.refresh is not asyncio.current_task():
+            entry.refresh.cancel()
         for node in list(entry.links):
             await self._close_link(entry, node)
 
@@ -259,3 +278,9 @@ class Upstreams:
             return isinstance(event, h11.Response) and event.status_code < 400
         finally:
             up.close()
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    """A background re-check's outcome is in the entry; its error is only logged."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("re-checking a public name failed: %s", task.exception())

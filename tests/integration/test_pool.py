@@ -490,3 +490,34 @@ def test_mesh_connect_by_name_gets_an_online_member(pool_lab: Any) -> None:
     res = pool.mesh.run("connect", "nobody-holds-this", "--signal", pool.url, home="laptop",
                         timeout=60)
     assert res.returncode != 0 and "\n" not in res.stderr.strip()
+
+
+def test_a_member_that_hangs_delays_no_request(pool_lab: Any) -> None:
+    """A member stopped (SIGSTOP) stays registered, so the tier lists it online, but it
+    answers nothing: the gateway keeps trying it in the background while every request
+    goes to the member that works."""
+    pool: Pool = pool_lab()
+    for home in ("w1", "w2"):
+        pool.member(home)
+    assert {pool.call("GET", "/who")[2] for _ in range(20)} == {b"w1", b"w2"}
+    frozen = pool.members["w2"].share
+    assert frozen is not None
+    frozen.p.send_signal(signal.SIGSTOP)
+    try:
+        # past the tunnel's liveness check (8 s); requests caught on w2 meanwhile retry
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert pool.call("GET", "/who")[0] == 200
+            time.sleep(0.2)
+        slowest, whom = 0.0, set()
+        for _ in range(60):  # 12 s: several of the gateway's retries of w2 (every 2 s)
+            t0 = time.monotonic()
+            status, _, body = pool.call("GET", "/who")
+            slowest = max(slowest, time.monotonic() - t0)
+            whom.add(body)
+            assert status == 200
+            time.sleep(0.2)
+        # a request waiting on w2's retry would take its 5 s answer timeout
+        assert whom == {b"w1"} and slowest < 3.0, slowest
+    finally:
+        frozen.p.send_signal(signal.SIGCONT)
