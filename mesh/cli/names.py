@@ -22,8 +22,10 @@ def name_cmd() -> None:
     requests across the ones online)."""
 
 
-def _run(name: str, node_id: str | None, signal_urls: tuple[str, ...], as_json: bool,
-         act: Callable[[SignalClient], Awaitable[events.Members]]) -> None:
+def run_name_op(name: str, node_id: str | None, signal_urls: tuple[str, ...],
+                as_json: bool, act: Callable[[SignalClient], Awaitable[events.Event]]) -> None:
+    """Check NAME (and NODE_ID), connect to the signaling server, print what ``act``
+    returns: `mesh name ...` and `mesh release`."""
     from mesh.proto.names import check_name, check_node_id
 
     def build() -> tuple[str, ...]:
@@ -61,7 +63,7 @@ def add_cmd(name: str, node_id: str, signal_urls: tuple[str, ...], as_json: bool
     """Let NODE_ID (`mesh id` on that machine) serve NAME too: `mesh share PORT --public
     --name NAME` there joins the pool."""
     from mesh.node import members
-    _run(name, node_id, signal_urls, as_json,
+    run_name_op(name, node_id, signal_urls, as_json,
          lambda client: members.change(client, client.identity, name, add=node_id))
 
 
@@ -73,7 +75,7 @@ def add_cmd(name: str, node_id: str, signal_urls: tuple[str, ...], as_json: bool
 def remove_cmd(name: str, node_id: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Take NODE_ID out of NAME's pool (the gateway stops sending it requests)."""
     from mesh.node import members
-    _run(name, node_id, signal_urls, as_json,
+    run_name_op(name, node_id, signal_urls, as_json,
          lambda client: members.change(client, client.identity, name, remove=node_id))
 
 
@@ -84,4 +86,4 @@ def remove_cmd(name: str, node_id: str, signal_urls: tuple[str, ...], as_json: b
 def show_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """The owner and members of NAME, and which are online."""
     from mesh.node import members
-    _run(name, None, signal_urls, as_json, lambda client: members.show(client, name))
+    run_name_op(name, None, signal_urls, as_json, lambda client: members.show(client, name))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mesh.errors import ConfigError
 from mesh.node import environ, events
+
+if TYPE_CHECKING:
+    from mesh.node.signal_client import SignalClient
 
 from .common import (
     Output,
@@ -129,31 +132,13 @@ def _http_config(http_mode: bool, inspect_addr: str | None, no_inspect: bool,
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
     """Give up a public name this machine's key holds."""
-    from mesh.proto.names import check_name
+    from .names import run_name_op
 
-    def build() -> tuple[str, ...]:
-        check_name(name, "name")
-        urls = environ.signal_urls(signal_urls)
-        if not urls:
-            raise ConfigError("pass --signal URL (or set MESH_SIGNAL)")
-        return urls
+    async def release(client: SignalClient) -> events.Event:
+        await client.name("release", name)
+        return events.Released(name)
 
-    out = Output(as_json)
-    urls = configured(as_json, build)
-
-    async def run() -> None:
-        from mesh.node.home import load_or_create
-        from mesh.node.signal_client import SignalClient
-
-        client = SignalClient(load_or_create(), list(urls), lambda sender, payload: None)
-        await client.start()
-        try:
-            await client.name("release", name)
-        finally:
-            await client.close()
-        out(events.Released(name))
-
-    run_until_stopped(out, run)
+    run_name_op(name, None, signal_urls, as_json, release)
 
 
 # -- mesh connect -----------------------------------------------------------------------------
