@@ -169,6 +169,8 @@ class CacheFill:
     request: Headers
     found: Found | None
     clock: Callable[[], float]
+    storing: bool = True
+    """False for a HEAD: counted and marked, never stored (it has no body)."""
     cache: str | None = None
     _status: int = 0
     _headers: Headers = field(default_factory=list)
@@ -188,7 +190,8 @@ class CacheFill:
             return entry.status, [*out, (b"content-length", str(len(entry.body)).encode())]
         self.store.misses += 1
         self.cache = "miss"
-        self._status, self._headers, self._body = status, list(headers), bytearray()
+        if self.storing:
+            self._status, self._headers, self._body = status, list(headers), bytearray()
         if self.store.debug:
             return status, [*headers, (b"x-cache", b"MISS")]
         return status, headers

@@ -352,7 +352,8 @@ class Gateway:
                                                        link.auth):
             return Refusal(401, "authentication required",
                            (("www-authenticate", f'Basic realm="{name}", charset="UTF-8"'),))
-        cache_key = f"{name}\n{target.decode('latin-1')}"
+        cache_key = f"{name}\n{(host or b'').decode('latin-1').lower()}\n" + target.decode(
+            "latin-1")
         use_cache = self.cache is not None and (rule is None or rule.cache)
         found_entry = None
         if use_cache and self.cache is not None:
@@ -369,13 +370,15 @@ class Gateway:
         out = forwarded(out, client=client, proto=b"https" if tls else b"http",
                         host=host) + framing(headers)
         revalidate = None
-        if (found_entry is not None and header(headers, b"if-none-match") is None
+        if (found_entry is not None and request.method == b"GET"
+                and header(headers, b"if-none-match") is None
                 and header(headers, b"if-modified-since") is None):
             out += found_entry.entry.validators()
             revalidate = found_entry
         if use_cache and self.cache is not None and request.method in (b"GET", b"HEAD"):
+            # a HEAD is answered from a stored GET, and never stored: it has no body
             fill: CacheFill | None = CacheFill(self.cache, cache_key, headers, revalidate,
-                                               time.monotonic)
+                                               time.monotonic, request.method == b"GET")
         else:
             fill = None
         if self.cache is not None and request.method in UNSAFE:

@@ -442,6 +442,13 @@ def test_the_cache_serves_hits_keeps_variants_apart_and_stays_bounded(pool_lab: 
     assert pool.call("GET", "/big?kb=64&i=199")[1]["x-cache"] == "HIT"
     assert pool.call("GET", "/big?kb=64&i=0")[1]["x-cache"] == "MISS"
     assert rss[-1] - rss[0] < 8 * 1024, rss  # under 8 MiB of growth after warm-up
+    # a HEAD is answered from a stored GET and never stored itself
+    assert pool.call("HEAD", "/big?kb=1&i=0")[1]["x-cache"] == "MISS"
+    assert pool.call("HEAD", "/big?kb=1&i=head")[1]["x-cache"] == "MISS"
+    got = pool.call("GET", "/big?kb=1&i=head")
+    assert got[1]["x-cache"] == "MISS" and len(got[2]) == 1024
+    head = pool.call("HEAD", "/big?kb=1&i=head")
+    assert head[1]["x-cache"] == "HIT" and head[1]["content-length"] == "1024"
     # an unsafe request to a target drops what is stored for it
     pool.call("POST", "/cached", {"X-Order": "x"}, b"")
     assert pool.call("GET", "/cached")[1]["x-cache"] == "MISS"
