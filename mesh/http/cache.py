@@ -53,7 +53,7 @@ def directives(headers: Headers) -> dict[str, str]:
 def _seconds(text: str | None) -> int | None:
     if text is None or not text.isascii() or not text.isdigit():
         return None
-    return min(int(text), 2**31)
+    return min(int(text[:12]), 2**31) if len(text) <= 12 else 2**31
 
 
 def _text(value: bytes | None) -> str | None:
@@ -65,7 +65,7 @@ def _date(value: bytes | None) -> float | None:
         return None
     try:
         parsed = email.utils.parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return parsed.timestamp() if parsed is not None else None
 

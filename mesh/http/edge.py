@@ -81,8 +81,8 @@ def _compressible(headers: Headers) -> bool:
         return False
     if b"no-transform" in (header(headers, b"cache-control") or b"").lower():
         return False
-    length = header(headers, b"content-length")
-    return length is None or int(length) >= MIN_GZIP
+    length = header(headers, b"content-length")  # digits: h11 checked them
+    return length is None or len(length) > 6 or int(length) >= MIN_GZIP
 
 
 def _origin_allowed(cors: tuple[str, ...], origin: bytes | None) -> bool:

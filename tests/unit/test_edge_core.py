@@ -238,3 +238,29 @@ def test_a_bad_routes_file_names_the_line(text: str, where: str) -> None:
 def test_routes_parsing_only_raises_config_errors(text: str) -> None:
     with contextlib.suppress(ConfigError):
         routes.parse(text, "r.toml")
+
+
+HEADER_VALUES = st.binary(max_size=60) | st.sampled_from([
+    b"max-age=" + b"9" * 5000, b"s-maxage=-1", b"max-age=\"60\"", b"no-cache, private",
+    b"Mon, 30 Nov 9999 12:00:00 GMT", b"Thu, 01 Jan 1970 00:00:00 GMT", b"*", b"accept-encoding"])
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"cache-control", b"expires", b"date", b"age",
+                                           b"vary", b"etag", b"content-type",
+                                           b"content-length", b"set-cookie"]),
+                          HEADER_VALUES), max_size=6))
+def test_a_members_caching_headers_never_break_the_gateway(headers: H) -> None:
+    """What a member answers is remote input: any header values are stored or not,
+    never an exception."""
+    cache = HttpCache(1 << 16)
+    lifetime(headers)
+    storable([], 200, headers)
+    cache.store("k", [(b"accept-encoding", b"gzip")], 200, headers, b"x", 0.0)
+    found = cache.lookup("k", b"GET", [(b"accept-encoding", b"gzip")], 1.0)
+    if found is not None:
+        found.entry.answer_headers(2.0, True, "hit")
+        cache.refresh(found.entry, headers, 3.0)
+    digits = [(k, v) for k, v in headers if k != b"content-length"]
+    PolicyFilter(EdgePolicy(compress=True), [(b"accept-encoding", b"gzip")], b"GET",
+                 False).head(200, [*digits, (b"content-type", b"text/html"),
+                                   (b"content-length", b"9" * 5000)])
