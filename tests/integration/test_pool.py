@@ -219,6 +219,7 @@ def test_three_members_share_600_gets_from_20_clients(pool_lab: Any) -> None:
     assert sum(counts.values()) == 600
     for member in ("m1", "m2", "m3"):
         assert 0.23 <= counts[member] / 600 <= 0.43, counts
+    print(f"spread over 3 members: {dict(counts)}")
     # the gateway's /metrics agree: three members online, each one's share of the 600
     seen = pool.metrics()
     assert seen['mesh_gateway_pool_online{name="web"}'] == 3
@@ -282,6 +283,8 @@ def test_a_killed_member_fails_no_get_and_runs_no_post_twice(pool_lab: Any) -> N
                            for e in retried), retried[:3]
     assert {e["member"] for e in logged if e["member"]} == {
         m.node for m in pool.members.values()}
+    print(f"failover: {total} requests, {len(retried)} retried on another member, POSTs "
+          f"{dict(collections.Counter(posts.values()))}")
 
     # the member comes back after a restart, and gets requests again
     before = spread(pool.served(), "/slow").get("f2", 0)
