@@ -181,7 +181,7 @@ def test_a_request_through_the_gateway_survives() -> None:
                           http=HttpConfig(inspect=None))
         share.event("public")
         assert slow_get(port, "slow.mesh.test")[0] == 200  # the gateway's tunnel is up
-        (tunnel,) = gateway.obj._tunnels
+        (tunnel,) = gateway.obj.upstreams.tunnels
         cutter = cut_soon(lab, tunnel, 0.8)
         status, body = slow_get(port, "slow.mesh.test")
         cutter.join()

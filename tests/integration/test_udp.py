@@ -354,6 +354,6 @@ def test_the_gateway_refuses_a_public_name_whose_ticket_is_udp_only() -> None:
         conn.request("GET", "/", headers={"Host": "odd.mesh.test"})
         resp = conn.getresponse()
         assert resp.status == 502 and b"carries UDP only" in resp.read()
-        assert not gateway.obj._tunnels
+        assert not gateway.obj.upstreams.tunnels
     finally:
         lab.close()

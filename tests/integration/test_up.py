@@ -148,7 +148,8 @@ def test_the_readme_mesh_toml_example_checks(mesh: Mesh, tmp_path: Path) -> None
     from mesh.proto.ticket import Ticket
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    section = readme.split("## One file for all tunnels", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
     key = Identity.generate()
     ticket = Ticket(key.node_id, b"s" * 16, 2_000_000_000, "db").encode(key)
     file = tmp_path / "mesh.toml"

@@ -264,3 +264,17 @@ def test_a_members_caching_headers_never_break_the_gateway(headers: H) -> None:
     PolicyFilter(EdgePolicy(compress=True), [(b"accept-encoding", b"gzip")], b"GET",
                  False).head(200, [*digits, (b"content-type", b"text/html"),
                                    (b"content-length", b"9" * 5000)])
+
+
+def test_the_readme_routes_example_parses_and_routes_as_it_says() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("**Routing rules**", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    rules = routes.parse(example, "README.md")
+    assert routes.match(rules, b"shop.example.com", b"/api/orders") == (rules[0], b"/orders")
+    rule, target = routes.match(rules, b"shop.example.com", b"/cart")
+    assert rule.name == "web" and target == b"/cart" and not rule.cache
+    assert rule.policy is not None and rule.policy.compress and rule.policy.security
+    assert routes.match(rules, b"other.example.com", b"/") is None
