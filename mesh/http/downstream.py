@@ -105,7 +105,7 @@ class Downstream:
         if self.on_request is not None:
             self.on_request(ex)
 
-    # -- one exchange -----------------------------------------------------------
+    # -- the role's own answer ----------------------------------------------------
     async def _answer(self, request: h11.Request, headers: Headers, answer: Answer) -> bool:
         """Send the role's own response; the connection stays open if the request had
         no body."""

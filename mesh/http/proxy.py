@@ -79,7 +79,9 @@ REPLAY_CAP = 1024 * 1024
 class _Again(Exception):
     """The upstream failed before answering and the request may go to another."""
 
+
 log = logging.getLogger("mesh.http")
+
 
 class HttpProxy(Downstream):
     """Serves one client connection until it closes."""
@@ -141,6 +143,8 @@ class HttpProxy(Downstream):
                 self.conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    # -- one exchange -----------------------------------------------------------
     async def _upstream(self, route: Route) -> Upstream:
         up = self.up
         if up is not None and up.conn.our_state is h11.IDLE and self.up_key == route.key:
@@ -156,6 +160,7 @@ class HttpProxy(Downstream):
             raise UpstreamError(text) from exc
         self.up, self.up_key = Upstream(io), route.key
         return self.up
+
     async def _exchange(self, request: h11.Request, headers: Headers, route: Route) -> bool:
         """Forward one request (to a second upstream if the first fails before answering
         and the request is safe to repeat); return whether the client connection stays
