@@ -188,6 +188,9 @@ def test_membership_is_the_owners_and_only_members_publish(pool_lab: Any) -> Non
     whom = {pool.call("GET", "/who")[2] for _ in range(20)}
     assert whom == {b"alice", b"bob"}
 
+    # a member cannot change the pool either (not even take itself out)
+    assert pool.name("remove", "web", b.node, home="bob").returncode == 7
+    assert pool.name("add", "web", pool.node_id("carol"), home="bob").returncode == 7
     removed = json.loads(pool.name("remove", "web", b.node, home="alice").stdout)
     assert removed["members"] == []
     # bob's share can no longer claim the name: a restart is refused
