@@ -343,7 +343,9 @@ class Share:
     def _refusal(self, node: str, session: str) -> str | None:
         """Why an offer is refused before any work is spent on it (None: take it)."""
         cfg = self.config
-        if cfg.allow is not None and node not in cfg.allow:
+        gateway = cfg.public and node == self.publisher.gateway
+        if cfg.allow is not None and node not in cfg.allow and not gateway:
+            # (--public: the gateway the tier names serves it to anyone, --allow or not)
             return "this share does not admit your key"
         if sum(1 for p in self.peers.values() if p.admitted) >= cfg.max_peers:
             return "the share has too many peers (--max-peers)"
