@@ -414,9 +414,9 @@ class Gateway:
         def release() -> None:
             entry.streams -= 1
             self._open.release(client)
-            if not reported[0]:  # ended before any answer (the caller left): not a failure
+            if not reported[0]:  # ended before any answer (the caller left): no verdict
                 reported[0] = True
-                entry.pool.finished(node, 0, time.monotonic())
+                entry.pool.ended(node)
 
         async def again() -> Route | Refusal:
             other = entry.pool.pick(entry.up(), time.monotonic(), avoid=(node,))

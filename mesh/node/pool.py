@@ -155,13 +155,19 @@ class Pool:
         m.outstanding += 1
         m.served += 1
 
+    def ended(self, node: str) -> None:
+        """A request ended with nothing to say of the member (the caller left first)."""
+        m = self.members.get(node)
+        if m is not None:
+            m.outstanding = max(0, m.outstanding - 1)
+
     def finished(self, node: str, status: int | None, now: float) -> None:
         """A request ended: ``status`` the member's answer, None if it could not be
         reached or broke before answering."""
+        self.ended(node)
         m = self.members.get(node)
         if m is None:
             return
-        m.outstanding = max(0, m.outstanding - 1)
         if status is None:
             m.health.failure(now)
         else:

@@ -127,3 +127,15 @@ def test_least_keeps_a_connections_member_unless_it_is_busier() -> None:
     rr = Pool("round-robin")
     rr.keep(NODES)
     assert [rr.pick(NODES, 0.0, prefer="b") for _ in range(3)] == ["a", "b", "c"]
+
+
+def test_a_request_the_caller_abandoned_says_nothing_of_the_members_health() -> None:
+    pool = Pool("least")
+    pool.keep(NODES)
+    pool.finished("a", 503, 0.0)
+    pool.finished("a", 503, 0.0)
+    pool.started("a")
+    pool.ended("a")  # the caller left before an answer: neither success nor failure
+    assert pool.members["a"].outstanding == 0
+    pool.finished("a", 503, 0.0)
+    assert not pool.members["a"].health.usable(0.5)  # still the third 5xx in a row
