@@ -29,12 +29,12 @@ import email.utils
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from .policy import Headers, header
+from .policy import HOP_BY_HOP, Headers, header
 
 STORABLE = frozenset({200, 203, 204, 301, 404, 410})
 UNSAFE = frozenset({b"POST", b"PUT", b"PATCH", b"DELETE"})
-DROP = frozenset({b"age", b"connection", b"keep-alive", b"transfer-encoding", b"upgrade",
-                  b"proxy-connection", b"te", b"trailer", b"x-cache"})
+DROP = HOP_BY_HOP | {b"age", b"x-cache"}
+"""Never stored: the hop's own headers, and what the cache sets itself on each answer."""
 
 
 def directives(headers: Headers) -> dict[str, str]:

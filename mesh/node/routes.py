@@ -34,13 +34,14 @@ from typing import Any
 
 from mesh.errors import ConfigError
 from mesh.http.edge import EdgePolicy
+from mesh.http.policy import FRAMING, HOP_BY_HOP
 from mesh.proto.names import valid_domain, valid_name
 
 KEYS = {"host", "path", "name", "strip", "compress", "security_headers", "headers", "cors",
         "cache"}
 HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-HOP = {"connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "te",
-       "trailer", "proxy-connection", "host"}
+NOT_ADDABLE = {k.decode() for k in HOP_BY_HOP | FRAMING} | {"host"}
+"""Headers a route or ``--header`` may not add: the hop's own and the framing."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def _rule(fields: Any, index: int, lines: list[str], where: str) -> Rule:
         return ConfigError(f"{where}:{line}: {message}" if line else f"{where}: {message}")
 
     if not isinstance(fields, dict):
-        return _never(fail(None, "each route must be a table"))
+        raise fail(None, "each route must be a table")
     for key in fields:
         if key not in KEYS:
             raise fail(key, f"unknown field {key!r} (one of: {', '.join(sorted(KEYS))})")
@@ -178,19 +179,24 @@ def _headers(value: Any, fail: Any) -> tuple[tuple[bytes, bytes], ...]:
         raise fail("headers", "headers must be a table of NAME = \"value\"")
     out = []
     for k, v in value.items():
-        if (not HEADER_NAME.fullmatch(k) or k.lower() in HOP or not isinstance(v, str)
-                or any(c in v for c in "\r\n\0") or not v.isascii()):
+        if not _addable(k, v):
             raise fail("headers", f"header {k!r} = {v!r} is not a header one may add")
         out.append((k.lower().encode(), v.encode()))
     return tuple(out)
+
+
+def _addable(name: str, value: object) -> bool:
+    """A header name and value a route or ``--header`` may add to answers."""
+    return (HEADER_NAME.fullmatch(name) is not None and name.lower() not in NOT_ADDABLE
+            and isinstance(value, str) and value.isascii()
+            and not any(c in value for c in "\r\n\0"))
 
 
 def check_header(text: str) -> tuple[bytes, bytes]:
     """``--header 'NAME: value'`` from the command line."""
     name, sep, value = text.partition(":")
     name, value = name.strip(), value.strip()
-    if (not sep or not HEADER_NAME.fullmatch(name) or name.lower() in HOP or not value
-            or any(c in value for c in "\r\n\0") or not value.isascii()):
+    if not sep or not value or not _addable(name, value):
         raise ConfigError(f"--header {text!r} must be 'NAME: value' (not a framing header)")
     return name.lower().encode(), value.encode()
 
@@ -204,6 +210,3 @@ def check_origin(text: str) -> str:
         raise ConfigError(f"--cors {text!r} must be an origin (https://host[:port]) or '*'")
     return text
 
-
-def _never(exc: ConfigError) -> Rule:
-    raise exc
