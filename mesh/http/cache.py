@@ -83,6 +83,12 @@ def lifetime(headers: Headers) -> int | None:
     return None
 
 
+def _freshness(headers: Headers) -> tuple[int, bool]:
+    """(lifetime in seconds, whether every use must revalidate) of a stored answer."""
+    life = lifetime(headers) or 0
+    return life, "no-cache" in directives(headers) or life == 0
+
+
 def _vary_names(headers: Headers) -> tuple[bytes, ...] | None:
     """The request headers a response varies on (sorted), or None for ``Vary: *``."""
     names: set[bytes] = set()
@@ -110,9 +116,10 @@ class Entry:
     age: float
     """The response's ``Age`` when it was stored."""
     life: int
+    must_revalidate: bool
+    """``no-cache``, or no lifetime: every use asks the service first."""
     vary: tuple[bytes, ...]
     values: tuple[bytes, ...]
-    must_revalidate: bool
 
     @property
     def size(self) -> int:
@@ -186,12 +193,10 @@ class HttpCache:
         if not storable(request, status, headers) or len(body) > self.max_entry:
             return False
         vary = _vary_names(headers) or ()
-        cc = directives(headers)
-        life = lifetime(headers) or 0
         age = _text(header(headers, b"age"))
         entry = Entry(status, [(k, v) for k, v in headers if k not in DROP], body, now,
-                      float(_seconds(age) or 0), life, vary, _request_values(request, vary),
-                      "no-cache" in cc or life == 0)
+                      float(_seconds(age) or 0), *_freshness(headers), vary,
+                      _request_values(request, vary))
         old = self._entries.pop(key, [])
         variants = [e for e in old if e.values != entry.values]
         self.used -= sum(e.size for e in old) - sum(e.size for e in variants)
@@ -210,10 +215,10 @@ class HttpCache:
         new = [(k, v) for k, v in headers if k in update]
         if new:
             names = {k for k, _ in new}
+            before = entry.size
             entry.headers = [(k, v) for k, v in entry.headers if k not in names] + new
-        cc = directives(entry.headers)
-        entry.life = lifetime(entry.headers) or 0
-        entry.must_revalidate = "no-cache" in cc or entry.life == 0
+            self.used += entry.size - before
+        entry.life, entry.must_revalidate = _freshness(entry.headers)
         entry.stored, entry.age = now, 0.0
 
     def invalidate(self, key: str) -> None:

@@ -93,6 +93,7 @@ def test_revalidation_turns_a_304_into_the_stored_answer() -> None:
     assert status == 200 and (b"x-cache", b"REVALIDATED") in out
     assert (b"content-length", b"11") in out
     assert fill.end() == b"stored body" and fill.cache == "revalidated"
+    assert cache.used == found.entry.size  # the refreshed headers are accounted for
     assert cache.lookup("k", b"GET", [], 20.0).fresh  # max-age=30 taken from the 304
 
 
