@@ -112,11 +112,12 @@ class Gateway:
         now = time.monotonic()
         out: dict[str, float] = {}
         for name, entry in self.upstreams.names.items():
+            up = set(entry.up())
             out[label("mesh_gateway_pool_members", name=name)] = len(entry.pool.members)
-            out[label("mesh_gateway_pool_online", name=name)] = len(entry.up())
+            out[label("mesh_gateway_pool_online", name=name)] = len(up)
             for node, member in entry.pool.members.items():
                 tag = {"name": name, "member": node}
-                out[label("mesh_gateway_member_up", **tag)] = float(node in entry.up())
+                out[label("mesh_gateway_member_up", **tag)] = float(node in up)
                 out[label("mesh_gateway_member_ejected", **tag)] = float(
                     not member.health.usable(now))
                 out[label("mesh_gateway_member_outstanding", **tag)] = member.outstanding
@@ -311,13 +312,10 @@ class Gateway:
             return Refusal(503, "mesh gateway: too many requests from your address; slow "
                                 "down", (("retry-after", "1"),))
         host = header(headers, b"host")
-        rule, routed = None, None
         ruled = match(cfg.routes, host, request.target) if cfg.routes else None
-        if ruled is not None:
-            rule, target = ruled
-            routed = rule.name, target
-        else:
-            routed = route_name(host, request.target, cfg.domain)
+        rule = ruled[0] if ruled is not None else None
+        routed = ((ruled[0].name, ruled[1]) if ruled is not None
+                  else route_name(host, request.target, cfg.domain))
         if routed is None:
             return Refusal(404, f"mesh gateway: no share here; use NAME.{cfg.domain} or "
                                 "/s/NAME/")
@@ -339,8 +337,8 @@ class Gateway:
         if entry.streams >= cfg.max_streams_per_share:
             return Refusal(503, f"mesh gateway: the share {name!r} has too many open "
                                 "requests; retry shortly", (("retry-after", "1"),))
-        cookie = cookie_value(headers, COOKIE) if entry.pool.mode == "cookie" else None
         mode = entry.pool.mode
+        cookie = cookie_value(headers, COOKIE) if mode == "cookie" else None
         key = header(headers, mode[5:].lower().encode()) if mode.startswith("hash:") else None
         last = {} if last is None else last
         node = entry.pool.pick(entry.up(), now, key=None if key is None else
@@ -432,6 +430,7 @@ class Gateway:
                      target=target, headers=out, peer=entry.name, release=release,
                      report=report, retry=again if retry else None,
                      respond=Chain(filters) if filters else None, member=node)
+
 
 class _Caller:
     """The gateway's ``Role`` for one caller's connection."""
