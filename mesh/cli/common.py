@@ -139,6 +139,22 @@ def idle_option(f: F) -> F:
                         help="Close a connection idle this many seconds (0: never).")(f)
 
 
+def portmap_option(f: F) -> F:
+    return click.option("--no-portmap", is_flag=True,
+                        help="Never ask the router for a port mapping (PCP, NAT-PMP; also "
+                             "MESH_PORTMAP=off).")(f)
+
+
+def ice_settings(no_portmap: bool) -> Any:
+    """The transport settings from the environment, with ``--no-portmap`` applied."""
+    from dataclasses import replace
+
+    from mesh.node.config import ice_from_env
+
+    ice = ice_from_env()
+    return replace(ice, portmap=False) if no_portmap else ice
+
+
 def resume_option(f: F) -> F:
     return click.option("--resume-timeout", default=60.0, show_default=True,
                         type=click.FloatRange(0), metavar="S",

@@ -17,9 +17,11 @@ from .common import (
     Output,
     configured,
     forever,
+    ice_settings,
     idle_option,
     json_option,
     max_streams_option,
+    portmap_option,
     raise_fd_limit,
     resume_option,
     run_until_stopped,
@@ -69,6 +71,7 @@ from .common import (
 @click.option("--tcp", is_flag=True, help="Share TCP (the default; with --udp: both).")
 @udp_options(max_flows=256, per="per peer")
 @resume_option
+@portmap_option
 @json_option
 def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple[str, ...],
               ttl: int, max_peers: int, max_streams: int, idle_timeout: float,
@@ -76,7 +79,7 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
               inspect_addr: str | None, no_inspect: bool, basic_auth: str | None,
               host_header: str | None, public: bool, public_auth: str | None,
               udp: bool, tcp: bool, udp_idle: float, max_flows: int, resume_timeout: float,
-              as_json: bool) -> None:
+              no_portmap: bool, as_json: bool) -> None:
     """Share a local service: TARGET is PORT or HOST:PORT."""
     from mesh.node.config import ShareConfig
     from mesh.proto.names import check_basic_auth, parse_hostport
@@ -93,7 +96,7 @@ def share_cmd(target: str, signal_urls: tuple[str, ...], name: str, allow: tuple
             public=public, public_auth=(check_basic_auth(public_auth, "--public-auth")
                                         if public_auth is not None else None),
             udp=udp, tcp=tcp or not udp, udp_idle=udp_idle, max_flows=max_flows,
-            resume_timeout=resume_timeout)
+            resume_timeout=resume_timeout, ice=ice_settings(no_portmap))
 
     out = Output(as_json)
     config = configured(as_json, build)
@@ -165,11 +168,13 @@ def release_cmd(name: str, signal_urls: tuple[str, ...], as_json: bool) -> None:
                    "machine's addresses.")
 @udp_options(max_flows=1024, per="at once")
 @resume_option
+@portmap_option
 @json_option
 def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, ...],
                 max_streams: int, idle_timeout: float, retry_direct: float,
                 http_mode: bool, no_http_guard: bool, relay_only: bool, udp_idle: float,
-                max_flows: int, resume_timeout: float, as_json: bool) -> None:
+                max_flows: int, resume_timeout: float, no_portmap: bool,
+                as_json: bool) -> None:
     """Connect to a share: its service appears on a local port."""
     from mesh.node.config import ConnectConfig
     from mesh.proto import ticket as ticket_mod
@@ -178,7 +183,7 @@ def connect_cmd(ticket: str, port: int, bind_host: str, signal_urls: tuple[str, 
         port=port, host=bind_host, max_streams=max_streams, idle_timeout=idle_timeout,
         upgrade_interval=retry_direct, http=http_mode, no_http_guard=no_http_guard,
         relay_only=relay_only, udp_idle=udp_idle, max_flows=max_flows,
-        resume_timeout=resume_timeout)
+        resume_timeout=resume_timeout, ice=ice_settings(no_portmap))
 
     def build() -> tuple[str, ...]:
         urls = environ.signal_urls(signal_urls) if signal_urls else ()

@@ -28,7 +28,8 @@ from .routes import Rule
 def ice_from_env() -> IceSettings:
     return IceSettings(host_addresses=environ.ice_addresses(),
                        plpmtud=environ.plpmtud_enabled(),
-                       udp_offload=environ.udp_offload_enabled())
+                       udp_offload=environ.udp_offload_enabled(),
+                       portmap=environ.portmap_enabled())
 
 
 def _positive(obj: object, *fields: str, zero_ok: bool = False) -> None:

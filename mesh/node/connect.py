@@ -38,7 +38,7 @@ from mesh.http.roles import GuardRole
 from mesh.proto import control, link
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket
-from mesh.transport import udp
+from mesh.transport import portmap, udp
 from mesh.transport.duplex import TcpDuplex, splice
 from mesh.transport.ice import IcePlan, ice_plan, udp_reachable
 from mesh.transport.stream import Counters, Stream
@@ -134,6 +134,8 @@ class Tunnel:
     async def start(self) -> None:
         cfg = self.config
         self.ticket.check_fresh(time.time())
+        if cfg.ice.portmap:
+            portmap.warm(cfg.ice.host_addresses)
         hints, urls = signaling_urls(self.ticket, cfg)
         if not urls and self._shared_signal is None:
             raise ConfigError("the ticket names no signaling server; pass --signal URL")
@@ -354,7 +356,7 @@ class Tunnel:
             remote_candidate=info.remote_type, remote_addr=info.remote_addr,
             rtt_ms=established.rtt_ms, connect_ms=round((self._now() - started) * 1000, 3),
             extra={"port": self.port, "name": self.ticket.name, "attempt": kind,
-                   "proto": self.ticket.protos}))
+                   "proto": self.ticket.protos}, portmap=info.portmap))
         established.peer.watch_packet_size(lambda size: self.emit(
             events.PathMtu(self.ticket.node_id, size)))
         if self._first is not None and not self._first.done():

@@ -7,6 +7,7 @@
 | ``MESH_ICE_ADDRESSES`` | comma-separated local addresses ICE may gather on |
 | ``MESH_LAN`` | ``off`` disables LAN advertising, LAN signaling and name lookup |
 | ``MESH_PLPMTUD`` | ``off`` keeps SCTP packets at the base size |
+| ``MESH_PORTMAP`` | ``off``: never ask the router for a port mapping (``--no-portmap``) |
 
 The lower layers never look at the environment: these values reach them as
 arguments (configuration fields), so a test or an embedding program sets them
@@ -46,6 +47,10 @@ def lan_enabled() -> bool:
 
 def plpmtud_enabled() -> bool:
     return _flag("MESH_PLPMTUD")
+
+
+def portmap_enabled() -> bool:
+    return _flag("MESH_PORTMAP")
 
 
 def udp_offload_enabled() -> bool:

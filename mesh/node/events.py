@@ -85,6 +85,8 @@ class Connected(Event):
     rtt_ms: float | None
     connect_ms: float
     extra: dict[str, Any] = field(default_factory=dict)
+    portmap: str | None = None
+    """The router port mapping this side offered as a candidate (``ip:port``), if any."""
 
     def to_json(self) -> dict[str, Any]:
         data = super().to_json()

@@ -37,6 +37,7 @@ from mesh.proto.advert import open_secret
 from mesh.proto.envelope import Opener, seal_envelope
 from mesh.proto.identity import Identity
 from mesh.proto.ticket import Ticket, new_secret, share_tag
+from mesh.transport import portmap
 from mesh.transport.duplex import TcpDuplex
 from mesh.transport.ice import ice_plan, udp_reachable
 from mesh.transport.peer import Peer
@@ -166,6 +167,8 @@ class Share:
 
     async def _start(self) -> str:
         cfg = self.config
+        if cfg.ice.portmap:
+            portmap.warm(cfg.ice.host_addresses)
         hints = await self._start_lan() if cfg.lan else []
         claimed: tuple[str, str] | None = None
         if cfg.signal_urls:

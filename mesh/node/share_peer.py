@@ -149,7 +149,8 @@ class SharePeer:
         self.share.emit(events.Connected(
             peer=self.node, path=info.path, local_candidate=info.local_type,
             remote_candidate=info.remote_type, remote_addr=info.remote_addr, rtt_ms=rtt_ms,
-            connect_ms=round((time.monotonic() - self.started) * 1000, 3)))
+            connect_ms=round((time.monotonic() - self.started) * 1000, 3),
+            portmap=info.portmap))
         self.peer.watch_packet_size(lambda size: self.share.emit(events.PathMtu(self.node, size)))
 
     # -- streams ------------------------------------------------------------------------

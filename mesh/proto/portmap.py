@@ -197,8 +197,11 @@ class Lease:
     WAIT = 0.25
     LIFETIME = 7200
 
-    def __init__(self, client_ip: str, port: int, nonce: bytes, now: float) -> None:
+    def __init__(self, client_ip: str, port: int, nonce: bytes, now: float,
+                 lifetime: int | None = None) -> None:
         self.client_ip, self.port, self.nonce = client_ip, port, nonce
+        if lifetime is not None:
+            self.LIFETIME = lifetime
         self.protocol = "pcp"
         self.tries = 0
         self.mapping: Mapping | None = None
@@ -276,3 +279,19 @@ class Lease:
             return None
         self.done = True
         return self._request(0)
+
+
+def default_gateway(route_table: str) -> str | None:
+    """The IPv4 default gateway in Linux's ``/proc/net/route`` text (the first default
+    route with the gateway flag), or None."""
+    for line in route_table.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[1] != "00000000":
+            continue
+        try:
+            flags, gateway = int(fields[3], 16), int(fields[2], 16)
+        except ValueError:
+            continue
+        if flags & 0x2 and gateway:  # RTF_GATEWAY
+            return str(ipaddress.IPv4Address(gateway.to_bytes(4, "little")))
+    return None

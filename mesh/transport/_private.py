@@ -52,6 +52,18 @@ def nominated_pair(connection: Connection) -> CandidatePair | None:
     return connection._nominated.get(1)
 
 
+def host_sockets(connection: Connection) -> list[tuple[str, int, Any]]:
+    """(address, port, datagram transport) of each host candidate's UDP socket."""
+    out = []
+    for protocol in connection._protocols:
+        candidate = getattr(protocol, "local_candidate", None)
+        transport = getattr(protocol, "transport", None)
+        if candidate is None or candidate.type != "host" or transport is None:
+            continue
+        out.append((candidate.host, candidate.port, transport))
+    return out
+
+
 def dtls_session(transport: RTCDtlsTransport) -> SSL.Connection:
     session = transport._ssl
     assert session is not None, "the DTLS handshake has not started"

@@ -8,22 +8,47 @@
 - ``IceConnection``: aioice's connection through its public hooks: host
   candidates only on the addresses asked for (tests on one machine gather on
   ``127.0.0.1``, which aioice leaves out by default) and every datagram that is
-  not STUN handed straight to the data plane instead of aioice's queue.
+  not STUN handed straight to the data plane instead of aioice's queue. With
+  ``portmap`` it asks the router to map each host socket (transport/portmap.py) and
+  offers a granted mapping as one more server-reflexive candidate of its own; with
+  ``prime()`` (the answering side) its first checks leave with a small TTL.
+
+Priming: a Linux NAT that accepts unsolicited packets on its WAN side (MASQUERADE,
+open INPUT) takes a peer probe that arrives before we sent anything toward that peer
+as traffic for itself; the conntrack entry it makes then forces our own flow to that
+peer onto another port. The answering side starts checks first, so for
+``PRIME_WINDOW`` seconds its packets leave with TTL ``PRIME_TTL``: they open its own
+router's mapping and die at the next hop. The offering side's full checks then find
+that mapping open, and the answer to any authenticated check restores the TTL at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aioice
+from aioice.candidate import candidate_foundation, candidate_priority
 
+from mesh.proto import stun
 from mesh.proto.names import parse_ice_url
 
+from . import _private
+from . import portmap as pmap
 from .settings import IceSettings
 from .stunclient import answers
+
+PRIME_TTL = 2
+"""Hops the answering side's first packets live: past its own router, not the peer's."""
+PRIME_WINDOW = 0.3
+"""Seconds the answering side's checks keep the small TTL (unless a check arrives)."""
 
 __all__ = ["IceConnection", "IcePlan", "IceServer", "IceSettings", "ice_plan",
            "udp_reachable"]
@@ -109,27 +134,110 @@ class IceConnection(aioice.Connection):
     closes (consent to send expired, or closed here)."""
 
     def __init__(self, *, addresses: tuple[str, ...] | None, sink: Callable[[bytes], None],
-                 on_close: Callable[[], None], **kwargs: Any) -> None:
+                 on_close: Callable[[], None], portmap: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.mesh_addresses = addresses
         self.mesh_sink = sink
         self.mesh_on_close: Callable[[], None] | None = on_close
+        self.mesh_portmap = portmap
+        self.mesh_mappings: list[pmap.RouterMapping] = []
+        self._mesh_primed: list[tuple[Any, int]] = []
 
     async def get_component_candidates(self, component: int, addresses: list[str],
                                        timeout: int = 5) -> list[aioice.Candidate]:
         if addresses and self.mesh_addresses is not None:  # none at all: relay only
             addresses = list(self.mesh_addresses)
+        gw = pmap.gateway() if self.mesh_portmap and addresses else None
+        if gw is not None and not pmap.usable(gw, tuple(addresses)):
+            gw = None
+        if gw is not None:
+            pmap.warm()
         result: list[aioice.Candidate] = await super().get_component_candidates(
             component, addresses, timeout)
+        if gw is not None and pmap.router_known(gw):
+            result += await self._mapped(gw, component, result)
         return result
+
+    async def _mapped(self, gw: str, component: int,
+                      have: list[aioice.Candidate]) -> list[aioice.Candidate]:
+        """A candidate for each host socket the router maps (waiting ``GRANT_WAIT`` at
+        most); the mappings live until the connection closes."""
+        client = pmap.source_address(gw)
+        for host, port, _transport in _private.host_sockets(self):
+            if host == client:
+                mapping = pmap.RouterMapping(gw, host, port)
+                self.mesh_mappings.append(mapping)
+                await mapping.start()
+        out = []
+        known = {(c.host, c.port) for c in have}
+        for mapping in self.mesh_mappings:
+            external = await mapping.wait(pmap.GRANT_WAIT)
+            if external is None or external in known:
+                continue
+            out.append(aioice.Candidate(
+                foundation=candidate_foundation("srflx", "udp", f"portmap {mapping.client_ip}"),
+                component=component, transport="udp",
+                priority=candidate_priority(component, "srflx"), host=external[0],
+                port=external[1], type="srflx", related_address=mapping.client_ip,
+                related_port=mapping.port))
+        return out
+
+    @property
+    def mapped_address(self) -> str | None:
+        """The router mapping this connection offers, ``ip:port``, if any."""
+        for mapping in self.mesh_mappings:
+            if mapping.external is not None:
+                return f"{mapping.external[0]}:{mapping.external[1]}"
+        return None
+
+    def prime(self) -> None:
+        """Open our own router's mappings toward every peer address without reaching
+        the peer's router (see the module docstring)."""
+        remotes = [(c.host, c.port) for c in self.remote_candidates
+                   if c.type != "relay" and _ipv4(c.host)]
+        for host, _port, transport in _private.host_sockets(self):
+            sock = transport.get_extra_info("socket")
+            if not _ipv4(host) or sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                old = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, PRIME_TTL)
+                self._mesh_primed.append((sock, old))
+                indication = stun.Message(stun.BINDING, stun.INDICATION,
+                                          secrets.token_bytes(12)).encode()
+                for addr in remotes:
+                    transport.sendto(indication, addr)
+        if self._mesh_primed:
+            asyncio.get_running_loop().call_later(PRIME_WINDOW, self._unprime)
+
+    def _unprime(self) -> None:
+        primed, self._mesh_primed = self._mesh_primed, []
+        for sock, ttl in primed:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+
+    def request_received(self, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        if self._mesh_primed:  # the peer reached us: answers and checks go all the way
+            self._unprime()
+        super().request_received(message, addr, protocol)
 
     def data_received(self, data: bytes, component: int) -> None:
         self.mesh_sink(data)
 
     async def close(self) -> None:
+        for mapping in self.mesh_mappings:
+            mapping.close()
+        self.mesh_mappings.clear()
         try:
             await super().close()
         finally:
             callback, self.mesh_on_close = self.mesh_on_close, None
             if callback is not None:
                 callback()
+
+
+def _ipv4(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).version == 4
+    except ValueError:
+        return False

@@ -63,11 +63,13 @@ class PathInfo:
     remote_type: str
     local_addr: str
     remote_addr: str
+    portmap: str | None = None
+    """The router mapping this side offered (``ip:port``), if its router granted one."""
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, str | None]:
         return {"path": self.path, "local_candidate": self.local_type,
                 "remote_candidate": self.remote_type, "local_addr": self.local_addr,
-                "remote_addr": self.remote_addr}
+                "remote_addr": self.remote_addr, "portmap": self.portmap}
 
 
 UNKNOWN = PathInfo("unknown", "?", "?", "?", "?")
@@ -149,7 +151,7 @@ class Peer:
     async def _gather(self, controlling: bool) -> None:
         connection = IceConnection(addresses=self._settings.host_addresses, sink=self._sink,
                                    on_close=self._on_ice_closed, ice_controlling=controlling,
-                                   **self._ice_options)
+                                   portmap=self._settings.portmap, **self._ice_options)
         self._connection = connection
         try:
             await connection.gather_candidates()
@@ -197,6 +199,8 @@ class Peer:
                 self._relay_watch.expect(remote_addrs)  # relayed only: the relay decides
             if remote.end_of_candidates:  # else (a browser's trickle offer) checks that
                 await connection.add_remote_candidate(None)  # arrive still find pairs
+            if not connection.ice_controlling:
+                connection.prime()
             await connection.connect()
             pair = _private.nominated_pair(connection)
             if pair is None:
@@ -326,7 +330,8 @@ class Peer:
         local, remote = pair.local_candidate, pair.remote_candidate
         relay = "relay" in (local.type, remote.type)
         return PathInfo("relay" if relay else "direct", local.type, remote.type,
-                        f"{local.host}:{local.port}", f"{remote.host}:{remote.port}")
+                        f"{local.host}:{local.port}", f"{remote.host}:{remote.port}",
+                        self._connection.mapped_address if self._connection else None)
 
     @property
     def packet_size(self) -> int:

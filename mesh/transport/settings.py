@@ -17,3 +17,5 @@ class IceSettings:
     """Path MTU discovery (RFC 8899) with peers that announce it."""
     udp_offload: bool = True
     """Linux UDP segmentation offload on the selected pair's socket (wire.py)."""
+    portmap: bool = True
+    """Ask the router for a port mapping (PCP, NAT-PMP) and offer it as a candidate."""

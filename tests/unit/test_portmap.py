@@ -129,3 +129,28 @@ def test_a_nat_pmp_router_answering_pcp_moves_the_lease_to_nat_pmp() -> None:
     lease.on_datagram(struct.pack("!BBHIHHI", 0, 129, 0, 5, 5000, 40001, 3600), now=0.1)
     (granted,) = lease.commands()
     assert isinstance(granted, pm.Granted) and granted.mapping.protocol == "nat-pmp"
+
+
+ROUTES = """Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT
+eth0\t0000010A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
+eth0\t00000000\t0100010A\t0003\t0\t0\t0\t00000000\t0\t0\t0
+"""
+
+
+def test_the_default_gateway_is_read_from_the_route_table() -> None:
+    assert pm.default_gateway(ROUTES) == "10.1.0.1"
+    no_default = ROUTES.splitlines()[0] + "\n" + ROUTES.splitlines()[1]
+    assert pm.default_gateway(no_default) is None
+    # a default route without the gateway flag (a point-to-point link) is no gateway
+    assert pm.default_gateway(ROUTES.replace("\t0003\t", "\t0001\t")) is None
+    assert pm.default_gateway("") is None
+    assert pm.default_gateway(ROUTES.replace("0100010A", "zzzz")) is None
+
+
+def test_a_lease_asks_for_the_lifetime_it_was_given() -> None:
+    lease = pm.Lease("10.1.0.2", 5000, NONCE, now=0.0, lifetime=600)
+    [send] = lease.commands()
+    assert isinstance(send, pm.Send) and struct.unpack("!I", send.data[4:8])[0] == 600
+    lease.on_datagram(pcp_answer(lifetime=600), now=0.01)
+    assert isinstance(lease.commands()[0], pm.Granted)
+    assert lease.timer() == pytest.approx(300.01)  # refreshed at half its lifetime
