@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import MESH, Proc, stop_all
-from tests.natlab.lab import SERVER_IP, Lab, available
+from tests.natlab.lab import SERVER_IP, SERVER_IP6, Lab, available
 
 HERE = Path(__file__).parent
 RESULTS: list[dict[str, Any]] = []
@@ -45,7 +45,7 @@ class LabRun:
         env.pop("MESH_ICE_ADDRESSES", None)
         env.pop("MESH_SIGNAL", None)
         env.update(MESH_HOME=str(self.tmp / home), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=str(HERE.parent.parent), MESH_LAN=self.lan)
+                   PYTHONPATH=str(HERE.parent.parent), MESH_LAN=self.lan, MESH_PORTMAP="on")
         return env
 
     def mesh(self, ns: str, home: str, *args: str) -> Proc:
@@ -57,7 +57,13 @@ class LabRun:
         proc = self.mesh(self.lab.wan, "server", "signal", "--host", SERVER_IP, "--port",
                          "8765", "--public-ip", SERVER_IP, "--relay-allow", "198.18.0.0/15",
                          "--json", *extra)
-        return str(proc.event("ready")["url"])
+        url = str(proc.event("ready")["url"])
+        if not self.lab.ipv4_hosts:  # IPv6-only hosts reach a second server over IPv6
+            proc = self.mesh(self.lab.wan, "server6", "signal", "--host", SERVER_IP6,
+                             "--port", "8766", "--stun-port", "3480", "--public-ip",
+                             SERVER_IP6, "--json", *extra)
+            url = str(proc.event("ready")["url"])
+        return url
 
     def echo(self, ns: str, port: int) -> None:
         p = subprocess.Popen(self.lab.exec_prefix(ns) + [sys.executable, str(HERE / "echo.py"),
@@ -87,11 +93,11 @@ class LabRun:
 def lab_run(tmp_path: Path) -> Iterator[Any]:
     runs: list[tuple[Lab, LabRun]] = []
 
-    def make(nat_a: str, nat_b: str) -> LabRun:
-        lab = Lab().build(nat_a, nat_b)
-        run = LabRun(lab, tmp_path)
-        runs.append((lab, run))
-        return run
+    def make(nat_a: str, nat_b: str, ipv6: bool = False, ipv4_hosts: bool = True) -> LabRun:
+        lab = Lab(ipv6=ipv6, ipv4_hosts=ipv4_hosts)
+        runs.append((lab, LabRun(lab, tmp_path)))
+        lab.build(nat_a, nat_b)
+        return runs[-1][1]
 
     yield make
     for lab, run in runs:
@@ -104,14 +110,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     tr = terminalreporter
     tr.section("NAT lab: connect time and path per pair")
-    tr.write_line(f"| {'sharer':16} | {'connector':16} | {'path':6} | {'candidates':16} | "
-                  f"{'connect ms':>10} | {'5 MB echo s':>11} | {'packet B':>8} |")
-    tr.write_line(f"|{'-' * 18}|{'-' * 18}|{'-' * 8}|{'-' * 18}|{'-' * 12}|{'-' * 13}|"
-                  f"{'-' * 10}|")
+    tr.write_line(f"| {'sharer':20} | {'connector':20} | {'path':6} | {'candidates':16} | "
+                  f"{'connect ms':>10} | {'echo MB':>7} | {'echo s':>6} | {'packet B':>8} |")
+    tr.write_line(f"|{'-' * 22}|{'-' * 22}|{'-' * 8}|{'-' * 18}|{'-' * 12}|{'-' * 9}|"
+                  f"{'-' * 8}|{'-' * 10}|")
     for r in RESULTS:
-        tr.write_line(f"| {r['a']:16} | {r['b']:16} | {r['path']:6} | {r['cands']:16} | "
-                      f"{r['connect_ms']:>10.0f} | {r['seconds']:>11.2f} | "
-                      f"{r.get('mtu', '-'):>8} |")
+        tr.write_line(f"| {r['a']:20} | {r['b']:20} | {r['path']:6} | {r['cands']:16} | "
+                      f"{r['connect_ms']:>10.0f} | {r.get('mb', 5):>7} | "
+                      f"{r['seconds']:>6.2f} | {r.get('mtu', '-'):>8} |")
     out = Path(os.environ.get("MESH_NATLAB_TABLE", "")) if os.environ.get(
         "MESH_NATLAB_TABLE") else None
     if out:

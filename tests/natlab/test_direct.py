@@ -1,0 +1,112 @@
+"""Direct more often: the cells the first matrix (test_matrix.py) lacks.
+
+- ``symmetric-portmap``: a symmetric NAT whose router runs miniupnpd; mesh asks it for
+  a mapping (PCP) and offers the mapping as a candidate, so a symmetric x symmetric
+  pair goes direct when either side's router maps.
+- ``open-input``: a Linux MASQUERADE router that accepts unsolicited packets on its
+  WAN side (one hop behind an ISP router). Without priming, the peer's first probe
+  claims the tuple and the router moves our flow to another port: relay. With the
+  answering side's small-TTL first checks (transport/ice.py) the pair goes direct.
+  ``open-input-random`` (``--random``) maps per destination like a symmetric NAT: it
+  goes direct only where the other side lets it.
+- dual-stack: routed IPv6 behind stateful firewalls on both sides, IPv4 symmetric x
+  symmetric: the pair goes direct over IPv6.
+
+Each cell moves 1 MB byte-exact and lands in the NAT lab table with its connect time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+
+from tests.natlab.conftest import RESULTS
+from tests.natlab.lab import portmap_available
+
+SIZE = 1024 * 1024
+
+
+def run_pair(run: Any, nat_a: str, nat_b: str, label: str = "",
+             *share_args: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Share on side a, connect from side b; (the connector's and the sharer's
+    ``connected`` events) after a byte-exact echo."""
+    url = run.signal()
+    a, b = run.lab.sides["a"], run.lab.sides["b"]
+    run.echo(a.host_ns, 7000)
+    share = run.mesh(a.host_ns, "a", "share", "7000", "--signal", url, "--json", *share_args)
+    ticket = share.event("ready", timeout=30)["ticket"]
+    conn = run.mesh(b.host_ns, "b", "connect", ticket, "--port", "9000", "--json")
+    connected = conn.event("connected", timeout=40)
+    result = run.client(b.host_ns, 9000, SIZE)
+    shared = share.event("connected", timeout=10)
+    RESULTS.append({"a": nat_a + label, "b": nat_b + label, "path": connected["path"],
+                    "cands": f"{connected['local_candidate']}/{connected['remote_candidate']}",
+                    "connect_ms": connected["connect_ms"], "seconds": result["seconds"],
+                    "mb": 1})
+    assert result["ok"], result
+    assert shared["path"] == connected["path"], (shared, connected)
+    return connected, shared
+
+
+needs_portmap = pytest.mark.skipif(portmap_available() is not None and not os.environ.get("CI"),
+                                   reason=str(portmap_available()))
+"""Outside CI a machine without miniupnpd skips these cells; CI installs it (.ci/run)."""
+
+
+@needs_portmap
+def test_symmetric_pair_goes_direct_through_the_sharers_router_mapping(lab_run: Any) -> None:
+    run = lab_run("symmetric-portmap", "symmetric")
+    connected, shared = run_pair(run, "symmetric-portmap", "symmetric")
+    assert shared["portmap"] is not None and shared["portmap"].startswith("198.18.1.1:"), shared
+    assert connected["path"] == "direct", connected
+    assert connected["remote_addr"] == shared["portmap"], (connected, shared)
+
+
+@needs_portmap
+def test_symmetric_pair_goes_direct_through_the_connectors_router_mapping(lab_run: Any) -> None:
+    run = lab_run("symmetric", "symmetric-portmap")
+    connected, shared = run_pair(run, "symmetric", "symmetric-portmap")
+    assert connected["portmap"] is not None, connected
+    assert connected["path"] == "direct", connected
+    assert shared["remote_addr"] == connected["portmap"], (connected, shared)
+
+
+@needs_portmap
+def test_no_portmap_keeps_the_symmetric_pair_on_the_relay(lab_run: Any) -> None:
+    run = lab_run("symmetric-portmap", "symmetric")
+    connected, shared = run_pair(run, "symmetric-portmap", "symmetric", " (off)",
+                                 "--no-portmap")
+    assert shared["portmap"] is None and connected["path"] == "relay", (connected, shared)
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b", "want"), [
+    ("open-input", "open-input", "direct"),
+    ("open-input", "port-restricted", "direct"),
+    ("port-restricted", "open-input", "direct"),
+    ("open-input", "symmetric", None),
+    ("open-input-random", "full-cone", "direct"),
+    ("open-input-random", "open-input-random", None),
+])
+def test_open_input_linux_nat(lab_run: Any, nat_a: str, nat_b: str, want: str | None) -> None:
+    connected, _ = run_pair(lab_run(nat_a, nat_b), nat_a, nat_b)
+    if want is not None:
+        assert connected["path"] == want, connected
+
+
+@pytest.mark.parametrize(("nat_a", "nat_b"), [("symmetric", "symmetric"),
+                                              ("port-restricted", "symmetric")])
+def test_dual_stack_goes_direct_over_ipv6(lab_run: Any, nat_a: str, nat_b: str) -> None:
+    connected, shared = run_pair(lab_run(nat_a, nat_b, ipv6=True), nat_a, nat_b, "+v6")
+    assert connected["path"] == "direct", connected
+    assert connected["remote_addr"].startswith("2001:db8:1::2"), connected
+    assert shared["remote_addr"].startswith("2001:db8:2::2"), shared
+
+
+def test_ipv6_only_pair_goes_direct(lab_run: Any) -> None:
+    run = lab_run("symmetric", "symmetric", ipv6=True, ipv4_hosts=False)
+    connected, shared = run_pair(run, "symmetric", "symmetric", "+v6only")
+    assert connected["path"] == "direct", connected
+    assert connected["remote_addr"].startswith("2001:db8:1::2"), connected
+    assert shared["remote_addr"].startswith("2001:db8:2::2"), shared
