@@ -11,16 +11,18 @@ import click
 from mesh.errors import ConfigError
 from mesh.node import environ
 
-from .common import Output, configured, json_option, run_until_stopped
+from .common import Output, configured, json_option, portmap_option, run_until_stopped
 
 
 # -- mesh netcheck, ls, status, id -------------------------------------------------------------
 @click.command("netcheck")
 @click.option("--signal", "signal_urls", multiple=True, metavar="URL",
               help="Signaling server to check against (default: $MESH_SIGNAL).")
+@portmap_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
-    """Report what this network allows: public address, NAT type, UDP, TURN, latency."""
+def netcheck_cmd(signal_urls: tuple[str, ...], no_portmap: bool, as_json: bool) -> None:
+    """Report what this network allows: public address, NAT type, UDP, TURN, latency,
+    and the router's port mapping (PCP, NAT-PMP, UPnP)."""
     from mesh.node.home import load_or_create
     from mesh.node.netcheck import netcheck
 
@@ -35,7 +37,8 @@ def netcheck_cmd(signal_urls: tuple[str, ...], as_json: bool) -> None:
     urls = configured(as_json, build)
 
     async def run() -> None:
-        out(await netcheck(load_or_create(), list(urls)))
+        out(await netcheck(load_or_create(), list(urls),
+                           router=not no_portmap and environ.portmap_enabled()))
 
     run_until_stopped(out, run)
 

@@ -332,6 +332,10 @@ class NetcheckEvent(Event):
     notes: list[str]
     relay_policy: dict[str, Any] | None = None
     """The embedded relay's peer policy as the server told it (None: not told)."""
+    portmap: dict[str, Any] | None = None
+    """What the router offers: ``gateway``, ``pcp``, ``nat_pmp``, ``upnp`` (each True if
+    it granted a mapping), ``mapped`` (``ip:port``), ``protocol`` (the one mesh uses);
+    None with ``--no-portmap``."""
 
     def human(self) -> str:
         def yn(v: bool | None) -> str:
@@ -350,11 +354,23 @@ class NetcheckEvent(Event):
             f"TURN over UDP  {yn(self.turn_udp)}",
             f"TURN over TCP  {yn(self.turn_tcp)}",
         ]
+        if self.portmap is not None:
+            lines.append(f"port mapping   {_portmap_line(self.portmap)}")
         if self.relay_policy is not None:
             allows = ", ".join(self.relay_policy.get("allows") or []) or "nothing more"
             lines.append(f"relay refuses  {self.relay_policy.get('refuses')}; "
                          f"--relay-allow opens: {allows}")
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def _portmap_line(report: dict[str, Any]) -> str:
+    if report.get("gateway") is None:
+        return "no IPv4 default gateway"
+    offers = ", ".join(f"{name} {'yes' if report.get(key) else 'no'}" for name, key in
+                       (("PCP", "pcp"), ("NAT-PMP", "nat_pmp"), ("UPnP", "upnp")))
+    mapped = report.get("mapped")
+    return f"{offers} (router {report['gateway']}" + (f", mapped {mapped})" if mapped
+                                                      else ")")
 
 
 OnEvent = Callable[[Event], None]

@@ -6,17 +6,21 @@ endpoint-independently (the same local socket asks the server's two ports,
 ``port`` and ``port + 1``; equal mapped addresses mean a cone NAT, different
 ones a symmetric NAT), UDP reachability, TURN reachability over UDP and TCP
 (a real Allocate with the handed-out credentials, then released), and the
-round trip to the signaling server and to STUN.
+round trip to the signaling server and to STUN; and, unless turned off, what the
+router offers for port mapping (PCP, NAT-PMP, UPnP-IGD: each asked for a mapping of a
+throwaway port, released again; transport/portmap.py), concurrently with the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from typing import Any
 
 from mesh.proto import stun
 from mesh.proto.identity import Identity
+from mesh.transport import portmap
 from mesh.transport.ice import ice_plan
 from mesh.transport.stunclient import StunClient
 
@@ -90,8 +94,31 @@ async def _turn_tcp(probe: _TurnProbe, addr: tuple[str, int]) -> bool:
         writer.close()
 
 
-async def netcheck(identity: Identity, urls: list[str]) -> NetcheckEvent:
-    """Run every check; raises SignalingError only if no signaling server answers."""
+async def netcheck(identity: Identity, urls: list[str], router: bool = True) -> NetcheckEvent:
+    """Run every check; raises SignalingError only if no signaling server answers.
+    ``router``: also ask the router what port mapping it offers."""
+    asked = asyncio.create_task(_router()) if router else None
+    try:
+        report = await _checks(identity, urls)
+    except BaseException:
+        if asked is not None:
+            asked.cancel()
+        raise
+    if asked is not None:
+        report = dataclasses.replace(report, portmap=await asked)
+    return report
+
+
+async def _router() -> dict[str, Any]:
+    gw = portmap.gateway()
+    found = await portmap.probe(gw) if gw is not None else None
+    if found is None:
+        return {"gateway": gw, "pcp": False, "nat_pmp": False, "upnp": False,
+                "mapped": None, "protocol": None}
+    return found.as_dict()
+
+
+async def _checks(identity: Identity, urls: list[str]) -> NetcheckEvent:
     client = SignalClient(identity, urls, lambda sender, payload: None)
     await client.start()
     try:

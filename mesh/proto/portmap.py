@@ -198,11 +198,14 @@ class Lease:
     LIFETIME = 7200
 
     def __init__(self, client_ip: str, port: int, nonce: bytes, now: float,
-                 lifetime: int | None = None) -> None:
+                 lifetime: int | None = None,
+                 protocols: tuple[str, ...] = ("pcp", "nat-pmp")) -> None:
         self.client_ip, self.port, self.nonce = client_ip, port, nonce
         if lifetime is not None:
             self.LIFETIME = lifetime
-        self.protocol = "pcp"
+        self.protocols = protocols
+        """The protocols to ask, in order (a subset of ``pcp``, ``nat-pmp``)."""
+        self.protocol = protocols[0]
         self.tries = 0
         self.mapping: Mapping | None = None
         self.expires = 0.0
@@ -243,27 +246,34 @@ class Lease:
             return
         if self.tries < self.TRIES:
             self._ask(now)
-        elif self.protocol == "pcp":
-            self.protocol, self.tries = "nat-pmp", 0
-            self._ask(now)
+        elif self._fall_back(now):
+            return
         else:
             self.done = True
-            self._out.append(Unavailable("no PCP or NAT-PMP answer from the router"))
+            names = " or ".join(p.upper() for p in self.protocols)
+            self._out.append(Unavailable(f"no {names} answer from the router"))
+
+    def _fall_back(self, now: float) -> bool:
+        """Move from PCP to NAT-PMP, if this lease may."""
+        if self.protocol != "pcp" or "nat-pmp" not in self.protocols:
+            return False
+        self.protocol, self.tries = "nat-pmp", 0
+        self._ask(now)
+        return True
 
     def on_datagram(self, data: bytes, now: float) -> None:
         """An answer from the gateway; ``PortmapError`` for one that is not ours."""
         if self.done:
             return
         if self.protocol == "pcp" and data[:1] == b"\x00" and len(data) in (8, 12, 16):
-            self.protocol, self.tries = "nat-pmp", 0  # a NAT-PMP router answering PCP
-            self._ask(now)
+            if not self._fall_back(now):  # a NAT-PMP router answering PCP
+                self.done = True
+                self._out.append(Unavailable("the router speaks NAT-PMP, not PCP"))
             return
         mapping = (pcp_map_response(data, self.nonce) if self.protocol == "pcp"
                    else natpmp_map_response(data, self.port))
         if not mapping.ok:
-            if self.protocol == "pcp" and mapping.result in (1, 4):  # try NAT-PMP
-                self.protocol, self.tries = "nat-pmp", 0
-                self._ask(now)
+            if mapping.result in (1, 4) and self._fall_back(now):  # try NAT-PMP
                 return
             self.done = True
             self._out.append(Unavailable(f"the router refused: {mapping.reason}"))

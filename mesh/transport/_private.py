@@ -64,6 +64,20 @@ def host_sockets(connection: Connection) -> list[tuple[str, int, Any]]:
     return out
 
 
+def recheck(connection: Connection, protocol: Any, addr: tuple[str, int] | None) -> None:
+    """Start the check of the pair (``protocol``, ``addr``) again now if one is in
+    flight (``addr`` None: every such pair of ``protocol``). RFC 8445 7.3.1.4: a
+    triggered check on an In-Progress pair replaces its transaction; aioice leaves it
+    to its retransmission timer."""
+    for pair in connection._check_list:
+        if (pair.protocol is protocol and addr in (None, pair.remote_addr)
+                and pair.task is not None
+                and pair.state == CandidatePair.State.IN_PROGRESS):
+            pair.task.cancel()
+            pair.task = None
+            connection.check_start_task(pair)
+
+
 def dtls_session(transport: RTCDtlsTransport) -> SSL.Connection:
     session = transport._ssl
     assert session is not None, "the DTLS handshake has not started"

@@ -19,7 +19,9 @@ as traffic for itself; the conntrack entry it makes then forces our own flow to 
 peer onto another port. The answering side starts checks first, so for
 ``PRIME_WINDOW`` seconds its packets leave with TTL ``PRIME_TTL``: they open its own
 router's mapping and die at the next hop. The offering side's full checks then find
-that mapping open, and the answer to any authenticated check restores the TTL at once.
+that mapping open, and the answer to any authenticated check restores the TTL at once
+(and sends our check toward that peer address again, instead of on aioice's 0.5 s
+retransmission timer).
 """
 
 from __future__ import annotations
@@ -140,8 +142,10 @@ class IceConnection(aioice.Connection):
         self.mesh_sink = sink
         self.mesh_on_close: Callable[[], None] | None = on_close
         self.mesh_portmap = portmap
-        self.mesh_mappings: list[pmap.RouterMapping] = []
+        self.mesh_mappings: list[pmap.Mapper] = []
         self._mesh_primed: list[tuple[Any, int]] = []
+        """(socket, its TTL before priming) while the small TTL is on."""
+        self._mesh_primed_protocols: list[Any] = []
 
     async def get_component_candidates(self, component: int, addresses: list[str],
                                        timeout: int = 5) -> list[aioice.Candidate]:
@@ -154,7 +158,7 @@ class IceConnection(aioice.Connection):
             pmap.warm()
         result: list[aioice.Candidate] = await super().get_component_candidates(
             component, addresses, timeout)
-        if gw is not None and pmap.router_known(gw):
+        if gw is not None and pmap.router_protocol(gw):
             result += await self._mapped(gw, component, result)
         return result
 
@@ -165,9 +169,9 @@ class IceConnection(aioice.Connection):
         client = pmap.source_address(gw)
         for host, port, _transport in _private.host_sockets(self):
             if host == client:
-                mapping = pmap.RouterMapping(gw, host, port)
-                self.mesh_mappings.append(mapping)
-                await mapping.start()
+                mapping = await pmap.start_mapping(gw, host, port)
+                if mapping is not None:
+                    self.mesh_mappings.append(mapping)
         out = []
         known = {(c.host, c.port) for c in have}
         for mapping in self.mesh_mappings:
@@ -203,31 +207,44 @@ class IceConnection(aioice.Connection):
                 old = sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL)
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, PRIME_TTL)
                 self._mesh_primed.append((sock, old))
+                self._mesh_primed_protocols.append(transport.get_protocol())
                 indication = stun.Message(stun.BINDING, stun.INDICATION,
                                           secrets.token_bytes(12)).encode()
                 for addr in remotes:
                     transport.sendto(indication, addr)
         if self._mesh_primed:
-            asyncio.get_running_loop().call_later(PRIME_WINDOW, self._unprime)
+            asyncio.get_running_loop().call_later(PRIME_WINDOW, self._window_over)
+
+    def _window_over(self) -> None:
+        """Full TTL again; every check still in flight leaves again at once (the ones
+        sent in the window died one hop out, and aioice retransmits only after 0.5 s)."""
+        protocols = self._mesh_primed_protocols if self._mesh_primed else []
+        self._unprime()
+        if not self._closing:
+            for protocol in protocols:
+                _private.recheck(self, protocol, None)
 
     def _unprime(self) -> None:
-        primed, self._mesh_primed = self._mesh_primed, []
+        primed, self._mesh_primed, self._mesh_primed_protocols = self._mesh_primed, [], []
         for sock, ttl in primed:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
 
     def request_received(self, message: Any, addr: tuple[str, int], protocol: Any) -> None:
-        if self._mesh_primed:  # the peer reached us: answers and checks go all the way
+        primed = bool(self._mesh_primed)
+        if primed:  # the peer reached us: answers and checks go all the way
             self._unprime()
         super().request_received(message, addr, protocol)
+        if primed and self._early_checks_done:  # our check there left with TTL 2: again
+            _private.recheck(self, protocol, addr)
 
     def data_received(self, data: bytes, component: int) -> None:
         self.mesh_sink(data)
 
     async def close(self) -> None:
-        for mapping in self.mesh_mappings:
-            mapping.close()
-        self.mesh_mappings.clear()
+        mappings, self.mesh_mappings = self.mesh_mappings, []
+        if mappings:
+            await asyncio.gather(*(m.aclose() for m in mappings))
         try:
             await super().close()
         finally:

@@ -8,11 +8,14 @@ ICE socket. It keeps the mapping refreshed at half its lifetime and releases it
 the router's external address once. A datagram that is not a valid answer to our
 request is counted and dropped (``PortmapError``): anyone on the LAN can send one.
 
-``router_known(gateway)`` is what this process learnt about the router: True (it maps),
-False (it does not), None (not asked yet). An ICE gathering waits for a mapping only
-when the router is known to map, and then at most ``GRANT_WAIT`` seconds: a router that
-never answers, or answers garbage, delays no connection. ``warm()`` asks once, in the
-background, at process start.
+UPnP-IGD (transport/upnp.py) is the third choice, for a router that answers neither.
+
+``probe(gw)`` asks all three at once and releases what it got: what the router offers
+(``mesh netcheck`` reports it). ``warm()`` runs it once, in the background, at process
+start; ``router_protocol(gw)`` is then the protocol this process maps with, or None
+(the router maps with none, or was not asked yet). An ICE gathering asks for a mapping
+(``start_mapping``) only when that protocol is known, and waits ``GRANT_WAIT`` seconds
+at most: a router that never answers, or answers garbage, delays no connection.
 """
 
 from __future__ import annotations
@@ -23,9 +26,12 @@ import logging
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mesh.proto import portmap as pm
+
+from . import upnp
 
 log = logging.getLogger("mesh.portmap")
 
@@ -37,7 +43,10 @@ LIFETIME = 1200
 RECHECK = 300.0
 """A router that did not map is asked again after this many seconds."""
 
-_known: dict[str, tuple[float, bool]] = {}
+_known: dict[str, tuple[float, str | None]] = {}
+"""gateway -> (when, the protocol it maps with, or None)"""
+_igd: dict[str, str] = {}
+"""gateway -> its UPnP description URL"""
 _warming: set[asyncio.Task[None]] = set()
 
 
@@ -48,11 +57,15 @@ def gateway() -> str | None:
         return None
 
 
-def router_known(gw: str) -> bool | None:
+def router_protocol(gw: str) -> str | None:
+    """How the router at ``gw`` maps (``pcp``, ``nat-pmp``, ``upnp``), if it does."""
     entry = _known.get(gw)
-    if entry is None or (not entry[1] and time.monotonic() - entry[0] > RECHECK):
-        return None
-    return entry[1]
+    return entry[1] if entry else None
+
+
+def _stale(gw: str) -> bool:
+    entry = _known.get(gw)
+    return entry is None or (entry[1] is None and time.monotonic() - entry[0] > RECHECK)
 
 
 def source_address(gw: str) -> str | None:
@@ -76,8 +89,10 @@ class _Answers(asyncio.DatagramProtocol):
 class RouterMapping:
     """One UDP mapping of ``port`` on ``client_ip`` at the router ``gw``."""
 
-    def __init__(self, gw: str, client_ip: str, port: int, lifetime: int = LIFETIME) -> None:
+    def __init__(self, gw: str, client_ip: str, port: int, lifetime: int = LIFETIME,
+                 protocols: tuple[str, ...] = ("pcp", "nat-pmp")) -> None:
         self.gateway, self.client_ip, self.port, self.lifetime = gw, client_ip, port, lifetime
+        self.protocols = protocols
         self.mapping: pm.Mapping | None = None
         self.external: tuple[str, int] | None = None
         self.reason: str | None = None
@@ -100,7 +115,7 @@ class RouterMapping:
             return
         self._transport = transport
         self._lease = pm.Lease(self.client_ip, self.port, secrets.token_bytes(12), loop.time(),
-                               lifetime=self.lifetime)
+                               lifetime=self.lifetime, protocols=self.protocols)
         self._task = asyncio.create_task(self._drive())
 
     async def wait(self, timeout: float) -> tuple[str, int] | None:
@@ -109,9 +124,12 @@ class RouterMapping:
             await asyncio.wait_for(self.settled.wait(), timeout)
         return self.external
 
+    @property
+    def protocol(self) -> str | None:
+        return self.mapping.protocol if self.mapping is not None else None
+
     def _settle(self, external: tuple[str, int] | None, reason: str | None) -> None:
         self.external, self.reason = external, reason
-        _known[self.gateway] = (time.monotonic(), external is not None)
         self.settled.set()
 
     async def _drive(self) -> None:
@@ -184,19 +202,57 @@ class RouterMapping:
             self._transport.close()
         self._transport = None
 
+    async def aclose(self) -> None:
+        self.close()
 
-async def probe(gw: str, timeout: float = 1.5) -> RouterMapping | None:
-    """Map a throwaway port and release it: what the router offers (netcheck, warm)."""
-    client = source_address(gw)
-    if client is None:
+
+Mapper = RouterMapping | upnp.UpnpMapping
+
+
+async def start_mapping(gw: str, client_ip: str, port: int) -> Mapper | None:
+    """Ask the router to map ``port`` with the protocol it is known to map with."""
+    protocol = router_protocol(gw)
+    mapper: Mapper
+    if protocol == "upnp" and gw in _igd:
+        mapper = upnp.UpnpMapping(_igd[gw], client_ip, port)
+    elif protocol in ("pcp", "nat-pmp"):
+        mapper = RouterMapping(gw, client_ip, port)
+    else:
         return None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((client, 0))
-        mapping = RouterMapping(gw, client, sock.getsockname()[1], lifetime=60)
-        await mapping.start()
-        await mapping.wait(timeout)
-        mapping.close()
-    return mapping
+    await mapper.start()
+    return mapper
+
+
+@dataclass(frozen=True)
+class RouterReport:
+    """What a router offers: each protocol that granted a mapping, and that mapping."""
+
+    gateway: str
+    pcp: bool
+    nat_pmp: bool
+    upnp: bool
+    mapped: str | None
+    """``ip:port`` of the mapping granted (released again), if any."""
+    protocol: str | None
+    """The protocol mesh maps with: the first that worked of PCP, NAT-PMP, UPnP."""
+
+    def as_dict(self) -> dict[str, object]:
+        return {"gateway": self.gateway, "pcp": self.pcp, "nat_pmp": self.nat_pmp,
+                "upnp": self.upnp, "mapped": self.mapped, "protocol": self.protocol}
+
+
+async def _try(mapper: Mapper, timeout: float, gw: str, protocol: str
+               ) -> tuple[str, int] | None:
+    """Map, then release; the first protocol that maps is known at once (a connection
+    arriving while the slower ones are still asked uses it)."""
+    await mapper.start()
+    try:
+        got = await mapper.wait(timeout)
+    finally:
+        await mapper.aclose()
+    if got is not None and router_protocol(gw) is None:
+        _known[gw] = (time.monotonic(), protocol)
+    return got
 
 
 def usable(gw: str, addresses: tuple[str, ...] | None) -> bool:
@@ -205,10 +261,43 @@ def usable(gw: str, addresses: tuple[str, ...] | None) -> bool:
     return addresses is None or source_address(gw) in addresses
 
 
+async def probe(gw: str) -> RouterReport | None:
+    """Map a throwaway port with each protocol at once, release each: what the router
+    offers. Takes 1.5 s at most (SSDP discovery 1 s of it); records what it learnt."""
+    client = source_address(gw)
+    if client is None:
+        return None
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(3):  # a throwaway port per protocol: no mapping replaces another
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            sock.bind((client, 0))
+            ports.append(sock.getsockname()[1])
+
+        async def by_upnp() -> tuple[str, int] | None:
+            location = await upnp.discover(gw, client)
+            if location is None:
+                return None
+            _igd[gw] = location
+            return await _try(upnp.UpnpMapping(location, client, ports[2], lifetime=60), 1.5,
+                              gw, "upnp")
+
+        pcp, natpmp, by_igd = await asyncio.gather(
+            _try(RouterMapping(gw, client, ports[0], 60, ("pcp",)), 1.5, gw, "pcp"),
+            _try(RouterMapping(gw, client, ports[1], 60, ("nat-pmp",)), 1.5, gw, "nat-pmp"),
+            by_upnp())
+    protocol = ("pcp" if pcp else "nat-pmp" if natpmp else "upnp" if by_igd else None)
+    mapped = pcp or natpmp or by_igd
+    _known[gw] = (time.monotonic(), protocol)
+    return RouterReport(gw, pcp is not None, natpmp is not None, by_igd is not None,
+                        f"{mapped[0]}:{mapped[1]}" if mapped else None, protocol)
+
+
 def warm(addresses: tuple[str, ...] | None = None) -> None:
-    """Learn, in the background, whether the router maps ports (once per process)."""
+    """Learn, in the background, how the router maps ports (once per process, again
+    after ``RECHECK`` seconds if it did not)."""
     gw = gateway()
-    if gw is None or gw in _known or _warming or not usable(gw, addresses):
+    if gw is None or not _stale(gw) or _warming or not usable(gw, addresses):
         return
     task = asyncio.get_running_loop().create_task(_warm(gw))
     _warming.add(task)
@@ -216,6 +305,5 @@ def warm(addresses: tuple[str, ...] | None = None) -> None:
 
 
 async def _warm(gw: str) -> None:
-    result = await probe(gw)
-    if result is None or not result.settled.is_set():
-        _known[gw] = (time.monotonic(), False)
+    if await probe(gw) is None:
+        _known[gw] = (time.monotonic(), None)

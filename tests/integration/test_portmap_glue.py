@@ -77,7 +77,6 @@ async def test_a_pcp_mapping_is_granted_refreshed_and_released(
     mapping.close()
     await asyncio.sleep(0.05)
     assert struct.unpack("!I", router.got[-1][4:8])[0] == 0  # lifetime 0: released
-    assert portmap.router_known("127.0.0.1") is True
     transport.close()
 
 
@@ -105,7 +104,25 @@ async def test_a_silent_or_garbage_router_is_given_up_on_within_a_second(
     assert await mapping.wait(3) is None
     assert mapping.settled.is_set() and loop.time() - began < 1.5, mapping.reason
     assert mapping.reason is not None and "no PCP or NAT-PMP answer" in mapping.reason
-    assert portmap.router_known("127.0.0.2") is False
     assert len(router.got) == 4  # two PCP and two NAT-PMP requests, then nothing
     mapping.close()
+    transport.close()
+
+
+async def test_the_probe_reports_each_protocol_and_remembers_the_first_that_maps(
+        router_port: Callable[[int], None], monkeypatch: pytest.MonkeyPatch) -> None:
+    """PCP and NAT-PMP against the loopback router; SSDP is multicast, which would leave
+    loopback, so here the search finds nothing (the NAT lab runs it against miniupnpd)."""
+    async def no_igd(gw: str, source: str) -> None:
+        return None
+
+    monkeypatch.setattr(portmap.upnp, "discover", no_igd)
+    _, transport, port = await start_router(natpmp_router, "127.0.0.3")
+    router_port(port)
+    report = await portmap.probe("127.0.0.3")
+    assert report is not None
+    assert report.as_dict() == {"gateway": "127.0.0.3", "pcp": False, "nat_pmp": True,
+                                "upnp": False, "mapped": "198.18.1.9:41000",
+                                "protocol": "nat-pmp"}
+    assert portmap.router_protocol("127.0.0.3") == "nat-pmp"
     transport.close()

@@ -14,7 +14,10 @@ NAT types (iptables on the router, DESIGN.md):
 - ``symmetric``: ``MASQUERADE --random-fully`` (a new port per destination);
 - ``udp-blocked``: ``MASQUERADE``, and forwarding allows only TCP to the server;
 - ``symmetric-portmap``: ``symmetric`` plus miniupnpd (Debian) on the router with
-  PCP, NAT-PMP and UPnP-IGD on: mesh asks it for a mapping;
+  PCP, NAT-PMP and UPnP-IGD on: mesh asks it for a mapping; ``symmetric-upnp``: the
+  same with UPnP-IGD only; ``symmetric-deadupnp``/``symmetric-garbageupnp``: a
+  router that answers port-mapping requests with garbage and announces an IGD whose
+  description never comes, or is garbage (deadrouter.py);
 - ``open-input`` and ``open-input-random``: ``MASQUERADE`` (with ``--random``) on a
   router whose INPUT chain accepts everything, as on some routers and cloud hosts,
   one hop (an "ISP" namespace) away from the wan bridge, as real routers are.
@@ -45,7 +48,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 NAT_TYPES = ("none", "full-cone", "port-restricted", "symmetric", "udp-blocked")
-MORE_TYPES = ("symmetric-portmap", "open-input", "open-input-random")
+MORE_TYPES = ("symmetric-portmap", "symmetric-upnp", "symmetric-deadupnp",
+              "symmetric-garbageupnp", "open-input", "open-input-random")
 SERVER_IP = "198.18.0.1"
 SERVER_IP6 = "2001:db8:ff::1"
 ROUTER_STUN = 3490
@@ -115,7 +119,7 @@ class Lab:
         if self.ipv6:
             sh("ip", "-n", wan, "addr", "add", f"{SERVER_IP6}/64", "dev", "wanbr", "nodad")
         sh("ip", "-n", wan, "link", "set", "wanbr", "up")
-        if "symmetric-portmap" in (nat_a, nat_b):
+        if {"symmetric-portmap", "symmetric-upnp"} & {nat_a, nat_b}:
             self._spawn(wan, [sys.executable, str(HERE / "routerstun.py"), SERVER_IP,
                               str(ROUTER_STUN)], "ready")
         for index, (label, nat) in enumerate((("a", nat_a), ("b", nat_b)), start=1):
@@ -198,11 +202,15 @@ class Lab:
                "--to-destination", inner)
         elif nat == "port-restricted":
             sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
-        elif nat in ("symmetric", "symmetric-portmap"):
+        elif nat.startswith("symmetric"):
             sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE",
                "--random-fully")
-            if nat == "symmetric-portmap":
-                self._miniupnpd(label, router, public)
+            if nat in ("symmetric-portmap", "symmetric-upnp"):
+                self._miniupnpd(label, router, natpmp=nat == "symmetric-portmap")
+            elif nat != "symmetric":
+                mode = "dead" if nat == "symmetric-deadupnp" else "garbage"
+                self._spawn(router, [sys.executable, str(HERE / "deadrouter.py"), gw, mode],
+                            "ready")
         elif nat == "open-input":
             sh(*ipt, "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE")
         elif nat == "open-input-random":
@@ -233,8 +241,8 @@ class Lab:
         sh("ip", "-n", router, "route", "add", "default", "via", near)
         return public
 
-    def _miniupnpd(self, label: str, router: str, public: str) -> None:
-        """miniupnpd on ``router``: PCP, NAT-PMP and UPnP-IGD for the LAN, nftables rules
+    def _miniupnpd(self, label: str, router: str, natpmp: bool) -> None:
+        """miniupnpd on ``router``: PCP and NAT-PMP (if ``natpmp``) and UPnP-IGD, rules
         in a table of its own. Its WAN check (STUN) must see its own ports unchanged, so
         the router's own traffic to the STUN responder skips the symmetric NAT."""
         d = self.tmp / f"upnp{label}"
@@ -251,8 +259,9 @@ class Lab:
         sh("ip", "netns", "exec", router, "iptables", "-t", "nat", "-I", "POSTROUTING", "-o",
            "wan0", "-p", "udp", "-d", SERVER_IP, "--dport", str(ROUTER_STUN), "-j", "RETURN")
         (d / "miniupnpd.conf").write_text("\n".join([
-            "ext_ifname=wan0", "listening_ip=lan0", "port=0", "enable_natpmp=yes",
-            "enable_upnp=yes", "secure_mode=yes", "system_uptime=no", "min_lifetime=60",
+            "ext_ifname=wan0", "listening_ip=lan0", "port=0",
+            f"enable_natpmp={'yes' if natpmp else 'no'}", "enable_upnp=yes", "secure_mode=yes",
+            "system_uptime=no", "min_lifetime=60",
             "max_lifetime=86400", "ext_perform_stun=yes", f"ext_stun_host={SERVER_IP}",
             f"ext_stun_port={ROUTER_STUN}", "upnp_table_name=mupnp",
             "upnp_nat_table_name=mupnp", "upnp_forward_chain=miniupnpd",
@@ -260,7 +269,8 @@ class Lab:
             f"lease_file={d / 'leases'}", f"uuid={uuid.uuid4()}",
             "allow 1024-65535 10.0.0.0/8 1024-65535", "deny 0-65535 0.0.0.0/0 0-65535", ""]))
         self._spawn(router, ["miniupnpd", "-f", str(d / "miniupnpd.conf"), "-d", "-P",
-                             str(d / "pid")], "Listening for NAT-PMP/PCP")
+                             str(d / "pid")], "Listening for NAT-PMP/PCP" if natpmp
+                    else "HTTP listening")
 
     def _firewall6(self, index: int, router: str, host: str) -> None:
         """Routed IPv6 for one side behind a stateful firewall: outbound and replies."""

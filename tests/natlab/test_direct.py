@@ -74,6 +74,23 @@ def test_symmetric_pair_goes_direct_through_the_connectors_router_mapping(lab_ru
 
 
 @needs_portmap
+def test_a_router_with_upnp_only_maps_through_upnp(lab_run: Any) -> None:
+    run = lab_run("symmetric-upnp", "symmetric")
+    connected, shared = run_pair(run, "symmetric-upnp", "symmetric")
+    assert shared["portmap"] is not None and connected["path"] == "direct", (connected, shared)
+    assert connected["remote_addr"] == shared["portmap"], (connected, shared)
+
+
+@pytest.mark.parametrize("router", ["symmetric-deadupnp", "symmetric-garbageupnp"])
+def test_a_broken_router_costs_nothing_and_the_pair_still_connects(lab_run: Any,
+                                                                   router: str) -> None:
+    """The connect time of these cells against plain symmetric is in the table (and
+    measured repeatedly by benchmarks/portmap.py)."""
+    connected, shared = run_pair(lab_run(router, "symmetric"), router, "symmetric")
+    assert shared["portmap"] is None and connected["path"] == "relay", (connected, shared)
+
+
+@needs_portmap
 def test_no_portmap_keeps_the_symmetric_pair_on_the_relay(lab_run: Any) -> None:
     run = lab_run("symmetric-portmap", "symmetric")
     connected, shared = run_pair(run, "symmetric-portmap", "symmetric", " (off)",

@@ -154,3 +154,35 @@ def test_a_lease_asks_for_the_lifetime_it_was_given() -> None:
     lease.on_datagram(pcp_answer(lifetime=600), now=0.01)
     assert isinstance(lease.commands()[0], pm.Granted)
     assert lease.timer() == pytest.approx(300.01)  # refreshed at half its lifetime
+
+
+@pytest.mark.parametrize(("sender", "location", "taken"), [
+    ("10.1.0.1", "http://10.1.0.1:5000/rootDesc.xml", True),
+    ("10.1.0.9", "http://10.1.0.1:5000/rootDesc.xml", False),  # not from the gateway
+    ("10.1.0.1", "http://10.1.0.7:5000/rootDesc.xml", False),  # points elsewhere
+    ("10.1.0.1", "http://example.com/rootDesc.xml", False),
+    ("10.1.0.1", "https://10.1.0.1/x", False),
+    ("10.1.0.1", "file:///etc/passwd", False),
+    ("10.1.0.1", "http://[::1/", False),
+    ("10.1.0.1", "", False),
+    (None, "http://10.1.0.1:5000/", False),
+])
+def test_only_the_gateways_own_ssdp_answer_is_taken(sender: str | None, location: str,
+                                                    taken: bool) -> None:
+    from mesh.transport.upnp import accept_location
+
+    assert (accept_location("10.1.0.1", sender, location) is not None) is taken
+
+
+def test_a_lease_limited_to_pcp_gives_up_instead_of_falling_back() -> None:
+    lease = pm.Lease("10.1.0.2", 5000, NONCE, now=0.0, protocols=("pcp",))
+    lease.commands()
+    lease.on_datagram(struct.pack("!BBHI", 0, 0x81, 1, 5), now=0.01)  # a NAT-PMP router
+    [gone] = lease.commands()
+    assert isinstance(gone, pm.Unavailable) and "NAT-PMP, not PCP" in gone.reason
+    only = pm.Lease("10.1.0.2", 5000, NONCE, now=0.0, protocols=("nat-pmp",))
+    [ask] = only.commands()
+    assert isinstance(ask, pm.Send) and ask.data[:2] == b"\0\1"
+    for t in (0.3, 0.6):
+        only.on_timer(t)
+    assert isinstance(only.commands()[-1], pm.Unavailable)

@@ -41,6 +41,22 @@ def test_aioice_connection_hooks_and_selected_pair() -> None:
         assert isinstance(getattr(CandidatePair, name), property)
 
 
+def test_aioice_check_list_and_early_checks_for_priming() -> None:
+    """ice.py's priming reads the check list, restarts an in-flight check and knows
+    whether connect() took over the early checks (_private.recheck, host_sockets)."""
+    async def check() -> None:
+        connection = aioice.Connection(ice_controlling=False)
+        assert connection._check_list == [] and connection._early_checks_done is False
+        assert callable(connection.check_start_task)
+        await connection.close()
+    asyncio.run(check())
+    for name in ("task", "state"):
+        assert f"self.{name}" in inspect.getsource(CandidatePair.__init__)
+    assert "pair.task is None" in inspect.getsource(aioice.Connection.check_start_task)
+    assert "self._early_checks_done = True" in inspect.getsource(aioice.Connection.connect)
+    assert "request_received" in inspect.getsource(StunProtocol.datagram_received)
+
+
 def test_aiortc_dtls_transport_reads_the_duck_typed_ice_transport() -> None:
     source = inspect.getsource(RTCDtlsTransport)
     assert "self.transport._recv()" in source
