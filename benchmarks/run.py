@@ -2,6 +2,7 @@
 
     python benchmarks/run.py [--size-mb 50] [--repeat 3] [--streams 1000] [--out DIR]
     python benchmarks/run.py --veth [...]   # the 1500-MTU veth path: benchmarks/veth.py
+    python benchmarks/run.py --portmap [...]  # connect time behind broken routers
     python benchmarks/run.py --udp [...]    # UDP datagrams and round trips: benchmarks/udp.py
 
 Paths, all on 127.0.0.1, each forwarding to the same local services:
@@ -422,6 +423,11 @@ def main() -> None:
         import veth  # benchmarks/veth.py: throughput between two namespaces
 
         veth.main([a for a in sys.argv[1:] if a != "--veth"])
+        return
+    if "--portmap" in sys.argv[1:]:
+        import portmap  # benchmarks/portmap.py: connect time behind broken routers
+
+        portmap.main([a for a in sys.argv[1:] if a != "--portmap"])
         return
     if "--udp" in sys.argv[1:]:
         import udp  # benchmarks/udp.py: datagrams/s and round trips of UDP shares

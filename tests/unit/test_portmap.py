@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.proto import portmap as pm
 
@@ -186,3 +188,24 @@ def test_a_lease_limited_to_pcp_gives_up_instead_of_falling_back() -> None:
     for t in (0.3, 0.6):
         only.on_timer(t)
     assert isinstance(only.commands()[-1], pm.Unavailable)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.none(), st.sampled_from(["10.1.0.1", "10.1.0.2"]), st.text(max_size=20)),
+       st.one_of(st.none(), st.text(max_size=80),
+                 st.builds(lambda host, rest: f"http://{host}{rest}",
+                           st.sampled_from(["10.1.0.1", "10.1.0.1:80", "[::ffff:10.1.0.1]",
+                                            "10.1.0.1@evil", "evil@10.1.0.1", "0x0a010001"]),
+                           st.text(max_size=30))))
+def test_any_ssdp_answer_is_taken_only_from_and_for_the_gateway(sender: str | None,
+                                                                location: str | None) -> None:
+    """An SSDP answer is anyone's to send: whatever it holds, no exception, and a taken
+    LOCATION is an http URL whose host is the gateway's address."""
+    from urllib.parse import urlsplit
+
+    from mesh.transport.upnp import accept_location
+
+    taken = accept_location("10.1.0.1", sender, location)
+    if taken is not None:
+        assert sender == "10.1.0.1" and urlsplit(taken).scheme == "http"
+        assert urlsplit(taken).hostname == "10.1.0.1"
