@@ -16,6 +16,8 @@ Each cell moves 1 MB byte-exact and lands in the NAT lab table with its connect 
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -53,6 +55,13 @@ needs_portmap = pytest.mark.skipif(portmap_available() is not None and not os.en
 """Outside CI a machine without miniupnpd skips these cells; CI installs it (.ci/run)."""
 
 
+def router_redirects(run: Any) -> str:
+    """The port mappings miniupnpd holds on side a's router (its DNAT rules)."""
+    res = subprocess.run(run.lab.exec_prefix(run.lab.sides["a"].router_ns) + [
+        "nft", "list", "chain", "inet", "mupnp", "pre_mupnp"], capture_output=True, text=True)
+    return "\n".join(line for line in res.stdout.splitlines() if "dnat" in line)
+
+
 @needs_portmap
 def test_symmetric_pair_goes_direct_through_the_sharers_router_mapping(lab_run: Any) -> None:
     run = lab_run("symmetric-portmap", "symmetric")
@@ -60,6 +69,14 @@ def test_symmetric_pair_goes_direct_through_the_sharers_router_mapping(lab_run: 
     assert shared["portmap"] is not None and shared["portmap"].startswith("198.18.1.1:"), shared
     assert connected["path"] == "direct", connected
     assert connected["remote_addr"] == shared["portmap"], (connected, shared)
+    port = shared["portmap"].rsplit(":", 1)[1]
+    assert f"dport {port} dnat" in router_redirects(run)
+    share = next(p for p in run.procs if getattr(p, "args", [None])[:1] == ["share"])
+    share.stop()  # released on exit: the router holds no mapping for it any more
+    deadline = time.monotonic() + 5
+    while router_redirects(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert router_redirects(run) == ""
 
 
 @needs_portmap
