@@ -64,6 +64,11 @@ def host_sockets(connection: Connection) -> list[tuple[str, int, Any]]:
     return out
 
 
+def checking(connection: Connection) -> bool:
+    """connect() runs the checks (it took over the early ones) and close() has not begun."""
+    return bool(connection._early_checks_done) and not connection._closing
+
+
 def recheck(connection: Connection, protocol: Any, addr: tuple[str, int] | None) -> None:
     """Start the check of the pair (``protocol``, ``addr``) again now if one is in
     flight (``addr`` None: every such pair of ``protocol``). RFC 8445 7.3.1.4: a

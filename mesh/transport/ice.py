@@ -19,9 +19,9 @@ as traffic for itself; the conntrack entry it makes then forces our own flow to 
 peer onto another port. The answering side starts checks first, so for
 ``PRIME_WINDOW`` seconds its packets leave with TTL ``PRIME_TTL``: they open its own
 router's mapping and die at the next hop. The offering side's full checks then find
-that mapping open, and the answer to any authenticated check restores the TTL at once
-(and sends our check toward that peer address again, instead of on aioice's 0.5 s
-retransmission timer).
+that mapping open. The first check that arrives restores the TTL at once (and sends
+our check toward its sender again, instead of on aioice's 0.5 s retransmission timer);
+so does the end of the window, for every check still in flight.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ class IceConnection(aioice.Connection):
         sent in the window died one hop out, and aioice retransmits only after 0.5 s)."""
         protocols = self._mesh_primed_protocols if self._mesh_primed else []
         self._unprime()
-        if not self._closing:
+        if _private.checking(self):
             for protocol in protocols:
                 _private.recheck(self, protocol, None)
 
@@ -235,7 +235,7 @@ class IceConnection(aioice.Connection):
         if primed:  # the peer reached us: answers and checks go all the way
             self._unprime()
         super().request_received(message, addr, protocol)
-        if primed and self._early_checks_done:  # our check there left with TTL 2: again
+        if primed and _private.checking(self):  # our check there left with TTL 2: again
             _private.recheck(self, protocol, addr)
 
     def data_received(self, data: bytes, component: int) -> None:

@@ -263,7 +263,7 @@ def usable(gw: str, addresses: tuple[str, ...] | None) -> bool:
 
 async def probe(gw: str) -> RouterReport | None:
     """Map a throwaway port with each protocol at once, release each: what the router
-    offers. Takes 1.5 s at most (SSDP discovery 1 s of it); records what it learnt."""
+    offers. Takes 3 s at most (SSDP discovery 1.2 s of it); records what it learnt."""
     client = source_address(gw)
     if client is None:
         return None

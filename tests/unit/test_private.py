@@ -47,6 +47,7 @@ def test_aioice_check_list_and_early_checks_for_priming() -> None:
     async def check() -> None:
         connection = aioice.Connection(ice_controlling=False)
         assert connection._check_list == [] and connection._early_checks_done is False
+        assert _private.checking(connection) is False and connection._closing is False
         assert callable(connection.check_start_task)
         await connection.close()
     asyncio.run(check())
