@@ -114,6 +114,8 @@ class Peer:
         self._failure: ConnectError | None = None
         """Why the attempt failed, when it is known better than "ICE failed"."""
         self._relay_watch = RelayWatch(self._relay_refused)
+        self._remote_relayed = False
+        """The peer offered relayed candidates only (its relay-only attempt)."""
         self.control: Channel | None = None
 
     # -- SDP ------------------------------------------------------------------------
@@ -189,12 +191,15 @@ class Peer:
         try:
             connection.remote_username = remote.ice_ufrag
             connection.remote_password = remote.ice_pwd
-            remote_addrs = []
+            remote_addrs, remote_types = [], set()
             for text in remote.candidates:
                 with contextlib.suppress(ValueError):
                     candidate = aioice.Candidate.from_sdp(text)
                     remote_addrs.append((candidate.host, candidate.port))
+                    remote_types.add(candidate.type)
                     await connection.add_remote_candidate(candidate)
+            # a relay-only offer: whatever address a check comes from, it is the relay's
+            self._remote_relayed = remote_types == {"relay"}
             if all(c.type == "relay" for c in connection.local_candidates):
                 self._relay_watch.expect(remote_addrs)  # relayed only: the relay decides
             if remote.end_of_candidates:  # else (a browser's trickle offer) checks that
@@ -328,7 +333,7 @@ class Peer:
         if pair is None:
             return UNKNOWN
         local, remote = pair.local_candidate, pair.remote_candidate
-        relay = "relay" in (local.type, remote.type)
+        relay = "relay" in (local.type, remote.type) or self._remote_relayed
         return PathInfo("relay" if relay else "direct", local.type, remote.type,
                         f"{local.host}:{local.port}", f"{remote.host}:{remote.port}",
                         self._connection.mapped_address if self._connection else None)
