@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +40,17 @@ from mesh.proto import names
 from mesh.proto import ticket as ticket_mod
 
 from . import environ
-from .config import ConnectConfig, ShareConfig
+from .config import ConnectConfig, ShareConfig, ice_from_env
 
 FILE = "mesh.toml"
 
 SHARE_FIELDS = {"target", "signal", "name", "allow", "ttl", "max_peers", "max_streams",
                 "idle_timeout", "new_ticket", "lan", "lan_open", "http", "public",
-                "public_auth", "udp", "tcp", "udp_idle", "max_flows", "resume_timeout"}
+                "public_auth", "udp", "tcp", "udp_idle", "max_flows", "resume_timeout",
+                "no_portmap"}
 CONNECT_FIELDS = {"ticket", "port", "bind", "signal", "max_streams", "idle_timeout",
                   "retry_direct", "http", "no_http_guard", "relay_only", "udp_idle",
-                  "max_flows", "resume_timeout"}
+                  "max_flows", "resume_timeout", "no_portmap"}
 HTTP_FIELDS = {"basic_auth", "host_header", "inspect"}
 TOP_FIELDS = {"signal", "share", "connect"}
 
@@ -261,6 +262,7 @@ def _share(fields: dict[str, Any], default_signal: tuple[str, ...], lines: Lines
         "idle_timeout": NUMBER, "new_ticket": FLAG, "lan": FLAG, "lan_open": FLAG,
         "public": FLAG, "udp": FLAG, "tcp": FLAG, "udp_idle": NUMBER, "max_flows": WHOLE,
         "resume_timeout": NUMBER})
+    _portmap(fields, opts, lines, table)
     allow = fields.get("allow")
     if allow is not None:
         if not isinstance(allow, list) or not all(isinstance(k, str) for k in allow):
@@ -290,6 +292,7 @@ def _connect(fields: dict[str, Any], default_signal: tuple[str, ...], lines: Lin
         "port": WHOLE, "max_streams": WHOLE, "idle_timeout": NUMBER, "http": FLAG,
         "no_http_guard": FLAG, "relay_only": FLAG, "udp_idle": NUMBER, "max_flows": WHOLE,
         "resume_timeout": NUMBER})
+    _portmap(fields, opts, lines, table)
     if "retry_direct" in fields:
         opts["upgrade_interval"] = _typed(fields, lines, table, "retry_direct", (int, float),
                                           "a number")
@@ -308,6 +311,12 @@ def _connect(fields: dict[str, Any], default_signal: tuple[str, ...], lines: Lin
         field = "ticket" if isinstance(exc, TicketError) else _field_named(
             str(exc), fields)
         raise lines.error(table, field, str(exc)) from None
+
+
+def _portmap(fields: dict[str, Any], opts: dict[str, Any], lines: Lines, table: str) -> None:
+    """``no_portmap = true``: this tunnel never asks the router for a mapping."""
+    if _typed(fields, lines, table, "no_portmap", bool, "true or false"):
+        opts["ice"] = replace(ice_from_env(), portmap=False)
 
 
 PLACEHOLDER = ticket_mod.Ticket(node_id="a" * 52, secret=b"\0" * 16, expires=2**32 - 1)

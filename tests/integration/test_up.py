@@ -122,6 +122,7 @@ BAD = [
     ("[share.a]\ntarget = 80\nhttp = {colour = 1}\n", 3, "unknown field"),
     ("[share.a\ntarget = 80\n", 1, "Expected ']'"),
     ("shares = 1\n", 1, "unknown setting 'shares'"),
+    ("[share.a]\ntarget = 80\nno_portmap = 'yes'\n", 3, "true or false"),
     ("", None, "no [share.NAME] or [connect.NAME] entry"),
 ]
 

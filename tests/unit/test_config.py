@@ -130,3 +130,17 @@ def test_relay_only_never_signals_through_the_shares_lan_endpoint() -> None:
     other = "ws://127.0.0.1:9/"
     assert signaling_urls(ticket, ConnectConfig(ticket=ticket, signal_urls=(other,))) == (
         [], [other])
+
+
+def test_no_portmap_in_mesh_toml_turns_port_mapping_off_for_that_tunnel_only() -> None:
+    from mesh.node.config import ShareConfig, ice_from_env
+    from mesh.node.configfile import ConnectEntry, parse
+
+    plan = parse('signal = "ws://127.0.0.1:9/"\n[share.a]\ntarget = 80\nno_portmap = true\n'
+                 '[share.b]\ntarget = 81\n[connect.c]\nticket = "web"\nno_portmap = true\n',
+                 "mesh.toml")
+    a, b, c = plan.entries["a"], plan.entries["b"], plan.entries["c"]
+    assert isinstance(a, ShareConfig) and isinstance(b, ShareConfig)
+    assert isinstance(c, ConnectEntry)
+    assert a.ice.portmap is False and c.config.ice.portmap is False
+    assert b.ice == ice_from_env()  # the environment's default (off under the tests)
