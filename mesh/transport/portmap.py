@@ -28,10 +28,12 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 from mesh.proto import portmap as pm
 
-from . import upnp
+if TYPE_CHECKING:  # loaded on first use: async-upnp-client brings aiohttp.web, which
+    from .upnp import UpnpMapping  # `mesh connect` does not load at start
 
 log = logging.getLogger("mesh.portmap")
 
@@ -206,7 +208,7 @@ class RouterMapping:
         self.close()
 
 
-Mapper = RouterMapping | upnp.UpnpMapping
+Mapper: TypeAlias = "RouterMapping | UpnpMapping"
 
 
 async def start_mapping(gw: str, client_ip: str, port: int) -> Mapper | None:
@@ -214,7 +216,9 @@ async def start_mapping(gw: str, client_ip: str, port: int) -> Mapper | None:
     protocol = router_protocol(gw)
     mapper: Mapper
     if protocol == "upnp" and gw in _igd:
-        mapper = upnp.UpnpMapping(_igd[gw], client_ip, port)
+        from .upnp import UpnpMapping
+
+        mapper = UpnpMapping(_igd[gw], client_ip, port)
     elif protocol in ("pcp", "nat-pmp"):
         mapper = RouterMapping(gw, client_ip, port)
     else:
@@ -275,6 +279,8 @@ async def probe(gw: str) -> RouterReport | None:
             ports.append(sock.getsockname()[1])
 
         async def by_upnp() -> tuple[str, int] | None:
+            from . import upnp
+
             location = await upnp.discover(gw, client)
             if location is None:
                 return None

@@ -116,7 +116,9 @@ async def test_the_probe_reports_each_protocol_and_remembers_the_first_that_maps
     async def no_igd(gw: str, source: str) -> None:
         return None
 
-    monkeypatch.setattr(portmap.upnp, "discover", no_igd)
+    from mesh.transport import upnp
+
+    monkeypatch.setattr(upnp, "discover", no_igd)
     _, transport, port = await start_router(natpmp_router, "127.0.0.3")
     router_port(port)
     report = await portmap.probe("127.0.0.3")
