@@ -16,7 +16,9 @@ from .common import (
     Output,
     configured,
     forever,
+    ice_settings,
     json_option,
+    portmap_option,
     raise_fd_limit,
     run_until_stopped,
     signal_option,
@@ -172,6 +174,7 @@ def signal_cmd(host: str, port: int, stun_port: int, no_turn: bool, public_ip: s
               help="Serve Prometheus /metrics (pools, members, cache) here.")
 @edge_options
 @acme_options
+@portmap_option
 @json_option
 def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | None,
                 signal_urls: tuple[str, ...], public_url: str | None, max_body: int,
@@ -179,8 +182,8 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
                 max_streams_per_share: int, share_timeout: float,
                 max_requests_per_client: int, max_conns_per_client: int, body_timeout: float,
                 acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
-                http_listen: str, metrics_listen: str | None, as_json: bool,
-                **edge: Any) -> None:
+                http_listen: str, metrics_listen: str | None, no_portmap: bool,
+                as_json: bool, **edge: Any) -> None:
     """Serve --public shares to any HTTP client (webhooks) as NAME.DOMAIN."""
     from mesh.node.config import GatewayConfig
     from mesh.proto.names import parse_hostport
@@ -199,6 +202,7 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
             max_requests_per_client=max_requests_per_client,
             max_conns_per_client=max_conns_per_client, body_timeout=body_timeout,
             metrics_host=metrics_host, metrics_port=metrics_port,
+            ice=ice_settings(no_portmap),
             **acme_fields(acme_email, acme_directory, acme_ca_bundle, http_listen),
             **edge_fields(**edge))
 
@@ -239,12 +243,13 @@ def gateway_cmd(domain: str, listen: str, tls_cert: str | None, tls_key: str | N
               help="Base URL shares print, when the gateway sits behind something else.")
 @edge_options
 @acme_options
+@portmap_option
 @json_option
 def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
               public_ip: str | None, relay_allow: tuple[str, ...], listen: str,
               tls_cert: str | None, tls_key: str | None, public_url: str | None,
               acme_email: str | None, acme_directory: str, acme_ca_bundle: str | None,
-              http_listen: str, as_json: bool, **edge: Any) -> None:
+              http_listen: str, no_portmap: bool, as_json: bool, **edge: Any) -> None:
     """Self-host in one command: signaling, STUN/TURN and the gateway in one process, the
     gateway's key pinned. `mesh signal` and `mesh gateway` remain for split deployments."""
     from mesh.node.config import GatewayConfig
@@ -265,6 +270,7 @@ def serve_cmd(domain: str, host: str, port: int, stun_port: int, no_turn: bool,
         gateway = GatewayConfig(domain=domain, signal_urls=("ws://127.0.0.1:1/",),
                                 host=gw_host, port=gw_port, tls_cert=tls_cert,
                                 tls_key=tls_key, public_url=public_url,
+                                ice=ice_settings(no_portmap),
                                 **acme_fields(acme_email, acme_directory, acme_ca_bundle,
                                               http_listen),
                                 **edge_fields(**edge))

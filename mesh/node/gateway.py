@@ -55,6 +55,7 @@ from mesh.proto.identity import Identity
 from mesh.proto.limits import ConnectionCounter
 from mesh.proto.metrics import label
 from mesh.proto.metrics import render as render_metrics
+from mesh.transport import portmap
 from mesh.transport.duplex import TcpDuplex
 
 from . import environ, events
@@ -145,6 +146,8 @@ class Gateway:
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> str:
         cfg = self.config
+        if cfg.ice.portmap:
+            portmap.warm(cfg.ice.host_addresses)
         context = None
         if cfg.tls_cert and cfg.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
