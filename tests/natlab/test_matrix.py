@@ -3,7 +3,7 @@
 The rows: the five classic types, plus a symmetric NAT whose router maps ports
 (miniupnpd: PCP, NAT-PMP, UPnP) and the Linux MASQUERADE router that accepts
 unsolicited input, without and with ``--random`` (tests/natlab/lab.py). The first
-matrix (the classic five) went direct in 10 pairs of 15; test_direct.py adds the
+matrix (the classic five) goes direct in 8 pairs of 15; test_direct.py adds the
 IPv6 cells and the broken routers.
 
 Path MTU discovery runs on every pair: the lab's links are Ethernet-sized (MTU 1500)
