@@ -24,7 +24,11 @@ upstream release changes one of them:
   session, 1.7 us a record instead of pyOpenSSL's 5.1 (sealing) and 3.5
   (opening), measured on this machine at 1400 bytes.
 - ``Connection._protocols``: the sockets ICE gathered on, to reach each relayed
-  candidate's TURN client and note the peer addresses its relay refuses (relaywatch.py).
+  candidate's TURN client and note the peer addresses its relay refuses (relaywatch.py),
+  and the host sockets a router maps and priming sets the TTL of (ice.py).
+- ``Connection._check_list``, ``_early_checks_done``, ``_closing`` and the pairs'
+  ``task``: priming restarts a check in flight at once (RFC 8445 7.3.1.4), once
+  connect() runs the checks and before close() (ice.py).
 - ``TurnTransport.__inner_protocol`` and its ``peer_to_channel``,
   ``channel_to_peer``, ``channel_refresh_at``, ``peer_connect_waiters``,
   ``transport``: to send a relayed datagram as TURN ChannelData at once, as

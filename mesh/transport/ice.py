@@ -151,22 +151,19 @@ class IceConnection(aioice.Connection):
                                        timeout: int = 5) -> list[aioice.Candidate]:
         if addresses and self.mesh_addresses is not None:  # none at all: relay only
             addresses = list(self.mesh_addresses)
-        gw = pmap.gateway() if self.mesh_portmap and addresses else None
-        if gw is not None and not pmap.usable(gw, tuple(addresses)):
-            gw = None
-        if gw is not None:
-            pmap.warm()
+        found = pmap.route(tuple(addresses)) if self.mesh_portmap and addresses else None
+        if found is not None:
+            pmap.warm(found=found)
         result: list[aioice.Candidate] = await super().get_component_candidates(
             component, addresses, timeout)
-        if gw is not None and pmap.router_protocol(gw):
-            result += await self._mapped(gw, component, result)
+        if found is not None and pmap.router_protocol(found[0]):
+            result += await self._mapped(*found, component, result)
         return result
 
-    async def _mapped(self, gw: str, component: int,
+    async def _mapped(self, gw: str, client: str, component: int,
                       have: list[aioice.Candidate]) -> list[aioice.Candidate]:
         """A candidate for each host socket the router maps (waiting ``GRANT_WAIT`` at
         most); the mappings live until the connection closes."""
-        client = pmap.source_address(gw)
         for host, port, _transport in _private.host_sockets(self):
             if host == client:
                 mapping = await pmap.start_mapping(gw, host, port)

@@ -126,10 +126,6 @@ class RouterMapping:
             await asyncio.wait_for(self.settled.wait(), timeout)
         return self.external
 
-    @property
-    def protocol(self) -> str | None:
-        return self.mapping.protocol if self.mapping is not None else None
-
     def _settle(self, external: tuple[str, int] | None, reason: str | None) -> None:
         self.external, self.reason = external, reason
         self.settled.set()
@@ -259,16 +255,22 @@ async def _try(mapper: Mapper, timeout: float, gw: str, protocol: str
     return got
 
 
-def usable(gw: str, addresses: tuple[str, ...] | None) -> bool:
-    """Whether ICE gathers on the address we reach ``gw`` from (``addresses`` None: on
-    every address). A process held to loopback never talks to the router."""
-    return addresses is None or source_address(gw) in addresses
+def route(addresses: tuple[str, ...] | None) -> tuple[str, str] | None:
+    """(the default gateway, our address toward it), if ICE gathers on that address
+    (``addresses`` None: on every address). A process held to loopback never talks
+    to the router."""
+    gw = gateway()
+    client = source_address(gw) if gw is not None else None
+    if gw is None or client is None or (addresses is not None and client not in addresses):
+        return None
+    return gw, client
 
 
-async def probe(gw: str) -> RouterReport | None:
-    """Map a throwaway port with each protocol at once, release each: what the router
-    offers. Takes 3 s at most (SSDP discovery 1.2 s of it); records what it learnt."""
-    client = source_address(gw)
+async def probe(gw: str, client: str | None = None) -> RouterReport | None:
+    """Map a throwaway port of ``client`` (default: our address toward ``gw``) with each
+    protocol at once, release each: what the router offers. Takes 3 s at most (SSDP
+    discovery 1.2 s of it); records what it learnt."""
+    client = client or source_address(gw)
     if client is None:
         return None
     with contextlib.ExitStack() as stack:
@@ -299,17 +301,18 @@ async def probe(gw: str) -> RouterReport | None:
                         f"{mapped[0]}:{mapped[1]}" if mapped else None, protocol)
 
 
-def warm(addresses: tuple[str, ...] | None = None) -> None:
+def warm(addresses: tuple[str, ...] | None = None,
+         found: tuple[str, str] | None = None) -> None:
     """Learn, in the background, how the router maps ports (once per process, again
-    after ``RECHECK`` seconds if it did not)."""
-    gw = gateway()
-    if gw is None or not _stale(gw) or _warming or not usable(gw, addresses):
+    after ``RECHECK`` seconds if it did not); ``found``: the ``route()`` already known."""
+    found = found or route(addresses)
+    if found is None or not _stale(found[0]) or _warming:
         return
-    task = asyncio.get_running_loop().create_task(_warm(gw))
+    task = asyncio.get_running_loop().create_task(_warm(*found))
     _warming.add(task)
     task.add_done_callback(_warming.discard)
 
 
-async def _warm(gw: str) -> None:
-    if await probe(gw) is None:
+async def _warm(gw: str, client: str) -> None:
+    if await probe(gw, client) is None:
         _known[gw] = (time.monotonic(), None)

@@ -91,8 +91,6 @@ async def discover(gw: str, source: str) -> str | None:
 class UpnpMapping:
     """One UDP mapping of ``port`` on ``client_ip`` through the IGD at ``location``."""
 
-    protocol = "upnp"
-
     def __init__(self, location: str, client_ip: str, port: int,
                  lifetime: int = LIFETIME) -> None:
         self.location, self.client_ip, self.port, self.lifetime = (location, client_ip,
